@@ -1,0 +1,245 @@
+"""PEZ (Wen et al., NeurIPS 2023): hard prompts by projected gradient descent, many targets at once.
+
+Shapes: b targets, a active targets, n prompt tokens, d text width, k feature vectors per target
+(several images share one prompt), e joint embedding width.
+
+Per step, for all active targets together: project the continuous prompts P onto the nearest
+candidate tokens, run ONE forward of the text encoder on the projected embeddings, take the loss
+1 - mean cos(f(P'), target) and ONE backward to the projected embeddings, and apply that gradient to
+P with AdamW (straight-through). The forward that gives the gradient also scores the hard prompt, so
+there is no second scoring pass. Every target keeps its own prompt, optimiser state, best-so-far and
+early stop; AdamW is element-wise, so a target's trajectory does not depend on the others in its batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .clip import ClipModel
+from .projection import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PEZConfig:
+    prompt_len: int = 16  # tokens in the hard prompt; the paper finds 16 transfers best (1..75)
+    steps: int = 3000  # optimisation steps; ~200 is often enough in practice (>= 1)
+    lr: float = 0.1  # AdamW learning rate on the continuous prompt (paper: 0.1)
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (paper: 0.1)
+    seed: int = 0  # a target without its own seed uses seed + its index in the batch
+    patience: int | None = None  # stop a target after this many steps without a better prompt
+    target_cosine: float | None = None  # stop a target once its best cosine reaches this (-1..1)
+    safe_vocab: bool = True  # only round-trip-safe whole-word tokens (see projection.py)
+    ban: tuple[str, ...] = ()  # banned words/substrings: no token containing one is a candidate
+    allow: tuple[str, ...] | None = None  # keyword bank: only tokens of these words are candidates
+    projection: Literal["exact", "fast"] = "fast"  # fast = bf16 ranking + exact fp32 re-rank
+
+    def __post_init__(self):
+        if not 1 <= self.prompt_len <= 75:
+            raise ValueError(f"prompt_len must be in 1..75 (CLIP's context minus start/end), got {self.prompt_len}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
+            raise ValueError(f"target_cosine must be in [-1, 1], got {self.target_cosine}")
+        self.ban = tuple(self.ban)
+        self.allow = tuple(self.allow) if self.allow is not None else None
+
+
+@dataclass
+class Target:
+    """What one prompt is optimised toward: normalised feature vectors (k, e), loss averaged over k."""
+
+    features: torch.Tensor
+    kind: str  # image | images | text | features
+    seed: int | None = None
+
+
+@dataclass
+class PEZResult:
+    text: str  # the hard prompt; tokenises back to token_ids
+    token_ids: list[int]
+    cosine: float  # best mean cosine to the target, of the returned prompt
+    best_step: int  # step at which it was reached (0-based)
+    steps_run: int  # steps this target ran (fewer than configured after an early stop)
+    kind: str = "image"
+    extra: dict = field(default_factory=dict)
+
+
+# ---- targets ---------------------------------------------------------------------------------
+def image_target(clip: ClipModel, images: Sequence, seed: int | None = None) -> Target:
+    """One prompt for one or several PIL images (several: a shared style, loss averaged)."""
+    if not images:
+        raise ValueError("an image target needs at least one image")
+    return Target(clip.encode_images(images), "image" if len(images) == 1 else "images", seed)
+
+
+def text_target(clip: ClipModel, text: str, seed: int | None = None) -> Target:
+    """Distillation: a short prompt toward the features of a (long) prompt."""
+    if not text.strip():
+        raise ValueError("a text target needs a non-empty text")
+    return Target(clip.encode_texts([text]), "text", seed)
+
+
+def feature_target(features: torch.Tensor, seed: int | None = None) -> Target:
+    """A precomputed feature vector (e,) or set of vectors (k, e)."""
+    f = torch.as_tensor(features, dtype=torch.float32)
+    f = f.unsqueeze(0) if f.dim() == 1 else f
+    if f.dim() != 2 or not torch.isfinite(f).all() or (f.norm(dim=-1) == 0).any():
+        raise ValueError(f"features must be finite, non-zero, of shape (e,) or (k, e); got {tuple(f.shape)}")
+    return Target(F.normalize(f, dim=-1), "features", seed)
+
+
+def stack_targets(targets: Sequence[Target], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad target feature sets into (b, k, e) with averaging weights (b, k) that sum to one."""
+    kmax = max(t.features.shape[0] for t in targets)
+    e = targets[0].features.shape[1]
+    feats = torch.zeros(len(targets), kmax, e, device=device)
+    weights = torch.zeros(len(targets), kmax, device=device)
+    for i, t in enumerate(targets):
+        if t.features.shape[1] != e:
+            raise ValueError(f"target {i} has features of width {t.features.shape[1]}, expected {e}")
+        k = t.features.shape[0]
+        feats[i, :k] = t.features.to(device)
+        weights[i, :k] = 1.0 / k
+    return feats, weights
+
+
+def similarity(text_features: torch.Tensor, feats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean cosine (b,) of unnormalised text features (b, e) to each target's feature set."""
+    t = F.normalize(text_features, dim=-1)
+    return (torch.einsum("be,bke->bk", t, feats) * weights).sum(dim=1)
+
+
+def initial_prompts(vocab: Vocabulary, seeds: Sequence[int], n: int) -> torch.Tensor:
+    """Continuous prompts (b, n, d) started at random candidate tokens, one generator per target."""
+    ids = torch.stack([vocab.random_ids(n, torch.Generator().manual_seed(s)) for s in seeds])
+    return vocab.clip.token_embedding.detach()[ids].float().clone()
+
+
+def target_seeds(targets: Sequence[Target], seed: int) -> list[int]:
+    return [t.seed if t.seed is not None else seed + i for i, t in enumerate(targets)]
+
+
+# ---- the batched loop ------------------------------------------------------------------------
+class _AdamW:
+    """torch.optim.AdamW's update on rows of one tensor, so finished targets can leave the batch."""
+
+    def __init__(self, param: torch.Tensor, lr: float, weight_decay: float, betas=(0.9, 0.999), eps=1e-8):
+        self.p, self.lr, self.wd, self.betas, self.eps = param, lr, weight_decay, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = torch.zeros_like(param)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grad: torch.Tensor, t: int) -> None:
+        b1, b2 = self.betas
+        p, m, v = self.p[rows], self.m[rows], self.v[rows]
+        p.mul_(1 - self.lr * self.wd)
+        m.lerp_(grad, 1 - b1)
+        v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
+        p.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
+        self.p[rows], self.m[rows], self.v[rows] = p, m, v
+
+
+def invert(
+    clip: ClipModel,
+    targets: Sequence[Target],
+    config: PEZConfig | None = None,
+    vocab: Vocabulary | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[PEZResult]:
+    """Optimise one hard prompt per target, all targets in one batch. ``on_step(step, active)``
+    is called after every step (for progress bars)."""
+    cfg = config or PEZConfig()
+    if not targets:
+        return []
+    vocab = vocab or Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, projection=cfg.projection)
+    device = clip.device
+    feats, weights = stack_targets(targets, device)
+    b, n = len(targets), cfg.prompt_len
+    prompts = initial_prompts(vocab, target_seeds(targets, cfg.seed), n).to(device)  # (b, n, d)
+    opt = _AdamW(prompts, cfg.lr, cfg.weight_decay)
+    table = clip.token_embedding.detach()
+
+    best_cos = torch.full((b,), -math.inf, device=device)
+    best_ids = torch.zeros(b, n, dtype=torch.long, device=device)
+    best_step = torch.zeros(b, dtype=torch.long, device=device)
+    steps_run = torch.full((b,), cfg.steps, dtype=torch.long)
+    active = torch.arange(b, device=device)  # (a,)
+
+    for step in range(cfg.steps):
+        ids = vocab.project(prompts[active])  # (a, n)
+        projected = table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
+        sim = similarity(clip.encode_embeds(projected), feats[active], weights[active])  # (a,)
+        (grad,) = torch.autograd.grad((1 - sim).sum(), projected)
+        opt.step(active, grad, step + 1)
+
+        sim = sim.detach()
+        better = sim > best_cos[active]
+        rows = active[better]
+        best_cos[rows], best_ids[rows], best_step[rows] = sim[better], ids[better], step
+
+        done = torch.zeros_like(better)
+        if cfg.target_cosine is not None:
+            done |= best_cos[active] >= cfg.target_cosine
+        if cfg.patience is not None:
+            done |= (step - best_step[active]) >= cfg.patience
+        if done.any():
+            steps_run[active[done].cpu()] = step + 1
+            active = active[~done]
+        if on_step is not None:
+            on_step(step, int(active.numel()))
+        if active.numel() == 0:
+            break
+
+    return _results(clip, targets, best_ids, best_cos, best_step, steps_run, feats, weights)
+
+
+def _results(clip, targets, best_ids, best_cos, best_step, steps_run, feats, weights) -> list[PEZResult]:
+    """Decode the best prompts and guarantee the round trip: text that re-tokenises to other ids
+    (possible only outside the safe vocabulary) is reported with those ids and re-scored."""
+    out = []
+    for i, t in enumerate(targets):
+        ids = best_ids[i].tolist()
+        text = clip.decode(ids)
+        cos = float(best_cos[i])
+        extra = {}
+        back = clip.tokenize(text)
+        if back != ids:
+            extra = {"optimised_ids": ids, "optimised_cosine": cos}
+            ids = back[: clip.context_length - 2]
+            rescored = clip.encode_ids(torch.tensor([ids], device=clip.device))
+            cos = float((torch.einsum("e,ke->k", rescored[0], feats[i]) * weights[i]).sum())
+        out.append(PEZResult(text, ids, cos, int(best_step[i]), int(steps_run[i]), t.kind, extra))
+    return out
+
+
+def concat_prompts(prompts: Sequence[str | PEZResult], tokenizer=None, sep: str = " ", max_tokens: int = 75) -> str:
+    """Join learned prompts (e.g. a style prompt and a content prompt) into one, checking that the
+    result still fits CLIP's context (``max_tokens`` between start and end; 75 for every CLIP here).
+    ``tokenizer`` defaults to open_clip's CLIP BPE tokenizer, which all presets share."""
+    texts = [p.text if isinstance(p, PEZResult) else str(p) for p in prompts]
+    joined = sep.join(t.strip() for t in texts if t.strip())
+    if not joined:
+        raise ValueError("nothing to concatenate: every prompt is empty")
+    if tokenizer is None:
+        import open_clip
+
+        tokenizer = open_clip.get_tokenizer("ViT-L-14")
+    n = len(tokenizer.encode(joined))
+    if n > max_tokens:
+        raise ValueError(f"concatenated prompt has {n} tokens; CLIP reads at most {max_tokens}")
+    return joined

@@ -1,0 +1,25 @@
+"""Named CLIP presets (data only; no torch import, so the CLI can list them instantly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"  # open_clip configs of our own architectures
+TINY_MODEL = "promptmine-tiny"
+TINY_SEED = 0  # the `tiny` preset is random weights built under this torch seed
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: str  # open_clip architecture name
+    pretrained: str | None  # open_clip pretrained tag; None builds random weights (seeded)
+    fits: str  # which text-to-image model's text encoder this is
+
+
+PRESETS: dict[str, Preset] = {
+    "sd15": Preset("ViT-L-14", "openai", "Stable Diffusion 1.x"),
+    "sd2": Preset("ViT-H-14", "laion2b_s32b_b79k", "Stable Diffusion 2.x (the paper's model)"),
+    "sdxl": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder)"),
+    "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for offline demos and tests"),
+}

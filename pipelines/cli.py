@@ -1,0 +1,53 @@
+"""The ``promptmine`` console script: one subcommand per job.
+
+Each job module exposes ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Job modules keep heavy imports (torch, ray, open_clip) inside their functions so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules that register subcommands, in the order `promptmine --help` lists them.
+JOB_MODULES = (
+    "pipelines.pez_cli",  # invert, distill, concat
+)
+
+
+class CLIError(Exception):
+    """A user error: printed as one line on stderr, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="promptmine",
+        description="Mine and rewrite prompts for text-to-image models (PEZ, BeautifulPrompt) on Ray.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in JOB_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as e:
+        print(f"promptmine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"promptmine {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

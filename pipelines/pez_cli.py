@@ -1,0 +1,205 @@
+"""Single-machine PEZ subcommands: ``invert``, ``distill``, ``concat`` and ``samples``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The CLIP to optimise against: a preset, or an open_clip name with a tag, file or folder."""
+    from pez_core.presets import PRESETS  # data only: no torch import
+
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="CLIP preset: sd15 (ViT-L-14/openai), sd2 (ViT-H-14, the paper's), sdxl (ViT-bigG-14), "
+                        "tiny (random weights, offline; the default for demos)")
+    p.add_argument("--model", help="open_clip model name or a folder with open_clip_config.json (overrides --preset)")
+    p.add_argument("--pretrained", help="with --model: a pretrained tag, a checkpoint file, or 'random'")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def add_pez_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=3000, help="optimisation steps (paper: 3000; ~200 often enough)")
+    p.add_argument("--prompt-len", type=int, default=16, help="tokens in the hard prompt (paper: 16)")
+    p.add_argument("--lr", type=float, default=0.1, help="AdamW learning rate (paper: 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (paper: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random initial prompts")
+    p.add_argument("--patience", type=int, help="stop a target after this many steps without improvement")
+    p.add_argument("--ban", action="append", default=[], metavar="WORD",
+                   help="never use a token containing WORD (repeatable)")
+    p.add_argument("--allow-file", type=Path, help="keyword bank: only tokens of the words in this file (one per line)")
+    p.add_argument("--all-tokens", action="store_true",
+                   help="search the whole vocabulary, not only round-trip-safe whole words (as the authors' code)")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+
+
+def load_clip_from_args(args):
+    from pez_core import load_clip
+
+    if args.preset == "tiny" and not args.model:
+        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
+    try:
+        if args.model:
+            return load_clip(args.model, pretrained=args.pretrained, device=args.device)
+        return load_clip(args.preset, device=args.device)
+    except (ValueError, FileNotFoundError) as e:
+        from .cli import CLIError
+
+        raise CLIError(str(e)) from e
+
+
+def config_from_args(args):
+    from pez_core import PEZConfig
+
+    from .cli import CLIError
+
+    allow = None
+    if args.allow_file is not None:
+        try:
+            allow = [w.strip() for w in args.allow_file.read_text().splitlines() if w.strip()]
+        except OSError as e:
+            raise CLIError(f"--allow-file {args.allow_file}: {e.strerror or e}") from e
+        if not allow:
+            raise CLIError(f"--allow-file {args.allow_file}: no words in it")
+    try:
+        return PEZConfig(
+            prompt_len=args.prompt_len, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
+            seed=args.seed, patience=args.patience, ban=tuple(args.ban), allow=allow,
+            safe_vocab=not args.all_tokens,
+        )
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+
+
+def run_with_progress(clip, targets, cfg, desc: str):
+    """pez_core.invert with a tqdm bar over steps (on stderr)."""
+    from tqdm import tqdm
+
+    from pez_core import Vocabulary, invert
+
+    from .cli import CLIError
+
+    try:
+        vocab = Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, projection=cfg.projection)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    with tqdm(total=cfg.steps, desc=desc, unit="step", file=sys.stderr, disable=None) as bar:
+        def on_step(step, active):
+            bar.update(1)
+            bar.set_postfix(active=active, refresh=False)
+
+        return invert(clip, targets, cfg, vocab=vocab, on_step=on_step)
+
+
+def result_dict(result, **fields) -> dict:
+    return {**fields, "prompt": result.text, "token_ids": result.token_ids, "cosine": round(result.cosine, 6),
+            "best_step": result.best_step, "steps_run": result.steps_run}
+
+
+# ---- invert ----------------------------------------------------------------------------------
+def cmd_invert(args) -> int:
+    from pez_core import ImageError, image_target, load_image
+
+    from .cli import CLIError
+
+    images, errors = [], []
+    for path in args.images:
+        try:
+            images.append(load_image(path))
+        except ImageError as e:
+            errors.append(str(e))
+    if errors:
+        raise CLIError("cannot use these inputs:\n  " + "\n  ".join(errors))
+    cfg = config_from_args(args)
+    clip = load_clip_from_args(args)
+    if args.shared:
+        targets, names = [image_target(clip, images, seed=cfg.seed)], [[str(p) for p in args.images]]
+    else:
+        targets = [image_target(clip, [im], seed=cfg.seed + i) for i, im in enumerate(images)]
+        names = [str(p) for p in args.images]
+    results = run_with_progress(clip, targets, cfg, "invert")
+    rows = [result_dict(r, images=n) if args.shared else result_dict(r, image=n) for r, n in zip(results, names)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row, r in zip(rows, results):
+            label = ", ".join(row["images"]) if args.shared else row["image"]
+            print(f"{label}\tcosine={r.cosine:.4f}\t{r.text}")
+    return 0
+
+
+# ---- distill ---------------------------------------------------------------------------------
+def cmd_distill(args) -> int:
+    from pez_core import text_target
+
+    from .cli import CLIError
+
+    if not args.prompt.strip():
+        raise CLIError("PROMPT is empty")
+    cfg = config_from_args(args)
+    clip = load_clip_from_args(args)
+    n_long = len(clip.tokenize(args.prompt))
+    if n_long > clip.context_length - 2:
+        raise CLIError(f"PROMPT has {n_long} tokens; CLIP reads at most {clip.context_length - 2}")
+    [result] = run_with_progress(clip, [text_target(clip, args.prompt, seed=cfg.seed)], cfg, "distill")
+    row = result_dict(result, source=args.prompt, source_tokens=n_long,
+                      ratio=round(len(result.token_ids) / n_long, 4))
+    if args.json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(f"cosine={result.cosine:.4f}\tratio={row['ratio']}\t{result.text}")
+    return 0
+
+
+# ---- concat / samples ------------------------------------------------------------------------
+def cmd_concat(args) -> int:
+    from pez_core import concat_prompts
+
+    from .cli import CLIError
+
+    try:
+        print(concat_prompts(args.prompts, sep=args.sep))
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    return 0
+
+
+def cmd_samples(args) -> int:
+    from .samples import write_sample_images
+
+    for path in write_sample_images(args.folder, args.count, seed=args.seed):
+        print(path)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("invert", help="image(s) -> hard prompt (PEZ)",
+                       description="Optimise a hard prompt per image (or one shared prompt) against CLIP.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--shared", action="store_true", help="one prompt for all images (a shared style)")
+    add_model_args(p)
+    add_pez_args(p)
+    p.set_defaults(func=cmd_invert)
+
+    p = sub.add_parser("distill", help="long prompt -> short hard prompt (PEZ)",
+                       description="Find a short prompt whose CLIP text features match a long prompt's.")
+    p.add_argument("prompt", metavar="PROMPT", help="the long prompt")
+    add_model_args(p)
+    add_pez_args(p)
+    p.set_defaults(func=cmd_distill, prompt_len=8)
+
+    p = sub.add_parser("concat", help="join learned prompts, checking they fit CLIP's 75 tokens")
+    p.add_argument("prompts", nargs="+", metavar="PROMPT")
+    p.add_argument("--sep", default=" ", help="separator (default: a space)")
+    p.set_defaults(func=cmd_concat)
+
+    p = sub.add_parser("samples", help="write synthetic sample images (for demos)")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--count", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_samples)
