@@ -11,6 +11,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+# Fixture modules shared by several test files (add new ones here).
+pytest_plugins = ["tests.fixtures_ray", "tests.fixtures_s3"]
+
 
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory):
