@@ -1,0 +1,23 @@
+"""Session fixtures: tiny causal LMs (random weights, offline BPE tokenizer) saved to disk.
+
+Tests load them with ``AutoModelForCausalLM.from_pretrained(path)``, the same call users make for
+real weights such as ``alibaba-pai/pai-bloom-1b1-text2prompt-sd``.
+"""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny BloomForCausalLM (hidden 64, 2 layers, 4 heads, 512-token byte-level BPE) folder."""
+    from pez_core.rewrite.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_bloom"), arch="bloom", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """The same as ``tiny_lm_dir`` with the GPT-2 architecture (absolute positions)."""
+    from pez_core.rewrite.tiny import build_tiny_lm
+
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), arch="gpt2", seed=0)
