@@ -115,7 +115,8 @@ class Vocabulary:
         if self.projection == "exact":
             local = (q @ self.table_n.T).argmax(dim=-1)
         else:
-            top = (q.to(torch.bfloat16) @ self.table_low.T).topk(self.rerank, dim=-1).indices  # (bn, k)
+            k = min(self.rerank, len(self))
+            top = (q.to(torch.bfloat16) @ self.table_low.T).topk(k, dim=-1).indices  # (bn, k)
             exact = torch.einsum("qd,qkd->qk", q, self.table_n[top])
             local = top.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
         return self.ids[local].reshape(b, n)

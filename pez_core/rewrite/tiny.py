@@ -84,12 +84,15 @@ def build_tiny_lm(
     num_heads: int = 4,
     vocab_size: int = 512,
     max_positions: int = 1024,
+    init_std: float = 0.02,
 ) -> Path:
     """Save a tiny random ``arch`` model and its tokenizer to ``folder``; returns the folder.
 
     arch: "bloom" (BloomForCausalLM, the paper's architecture) or "gpt2" (GPT2LMHeadModel).
     vocab_size: BPE vocabulary (>= 256 byte tokens + 4 specials; a few hundred is plenty).
     max_positions: GPT-2's position table size (BLOOM uses ALiBi and has none).
+    init_std: std of the random weights (transformers' default 0.02 gives near-uniform next-token
+        distributions, so greedy text barely depends on the prompt; 0.3 to 1.0 makes it prompt-dependent).
     """
     import torch
     from transformers import (
@@ -120,16 +123,18 @@ def build_tiny_lm(
            (("bos", "<s>"), ("eos", "</s>"), ("pad", "<pad>"))}
     common = dict(vocab_size=len(tokenizer), bos_token_id=ids["bos"], eos_token_id=ids["eos"],
                   pad_token_id=ids["pad"])
+    arch_kw = dict(initializer_range=init_std)
     if arch == "bloom":
-        config = BloomConfig(hidden_size=hidden_size, n_layer=num_layers, n_head=num_heads, **common)
+        config = BloomConfig(hidden_size=hidden_size, n_layer=num_layers, n_head=num_heads, **arch_kw, **common)
         model_cls = BloomForCausalLM
     else:
         config = GPT2Config(n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-                            n_positions=max_positions, **common)
+                            n_positions=max_positions, **arch_kw, **common)
         model_cls = GPT2LMHeadModel
     with torch.random.fork_rng(devices=[]):  # do not disturb the caller's global RNG
         torch.manual_seed(seed)
         model = model_cls(config).eval()
+    model.config.initializer_range = 0.02  # saved config: what later from_config / new heads should use
     model.generation_config = GenerationConfig(**common)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
