@@ -30,12 +30,8 @@ def varied_lm_dir(request, tmp_path_factory):
                          init_std=1.0)
 
 
-def reference_greedy(folder, raw: str, max_new_tokens: int, template: str = "v1") -> str:
+def reference_greedy(model, tok, raw: str, max_new_tokens: int, template: str = "v1") -> str:
     """One prompt, no padding, plain HF generate, decode the new ids: what batching must reproduce."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = tok(format_prompt(raw, template), return_tensors="pt", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -86,7 +82,11 @@ def test_batched_greedy_equals_one_at_a_time(varied_lm_dir):
     rw = Rewriter.from_pretrained(varied_lm_dir)
     # batch 3 over 7 prompts of different lengths: sorting, several padded batches, order restored.
     batched = rw.rewrite(PROMPTS, max_new_tokens=12, batch_size=3)
-    singles = [reference_greedy(varied_lm_dir, p, 12) for p in PROMPTS]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(varied_lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(varied_lm_dir).eval()
+    singles = [reference_greedy(model, tok, p, 12) for p in PROMPTS]
     assert batched == singles
     assert len(set(singles)) >= 5, "the model must give prompt-dependent text for this test to mean anything"
 
