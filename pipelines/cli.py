@@ -14,6 +14,9 @@ import sys
 # Modules that register subcommands, in the order `promptmine --help` lists them.
 JOB_MODULES = (
     "pipelines.pez_cli",  # invert, distill, concat
+    "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
+    "pipelines.mine",  # mine (Ray Data, resumable)
+    "pipelines.train",  # train sft|reward|ppo (Ray Train)
 )
 
 

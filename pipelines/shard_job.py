@@ -1,0 +1,321 @@
+"""Generic resumable shard job on Ray Data: input shards -> per-shard Parquet rows + rejects + marker.
+
+A job is "a processor that turns one shard's records into rows + rejects". This module does the rest:
+find the shards, skip the ones already done, stream the others through Ray Data (read tasks ->
+an actor pool of processors), write each shard's output, report progress and a summary.
+
+Output layout under OUTPUT (a local folder or an s3:// prefix):
+
+    _job.json                  what the job is (input, settings); a rerun with other settings is refused
+    rows/<shard>.parquet       the processor's rows (one file per input shard, one PUT)
+    rejects/<shard>.parquet    key, shard, reason (always written, possibly empty)
+    stats/<shard>_stats.json   written LAST: the shard's done marker and its counts
+    summary.json               the job summary (rewritten at the end of every run)
+
+Resume: a shard is done iff its stats marker exists. Data files are written whole (single PUT or
+rename), so a run killed at any moment leaves either nothing or a complete file that the rerun
+replaces; every key therefore appears exactly once across rows/ and rejects/.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from .progress import Progress, format_summary
+from .shards import Shard, ShardError, find_shards, read_shard
+from .storage import Location, StorageOptions
+
+log = logging.getLogger(__name__)
+
+MARKER_SUFFIX = "_stats.json"
+REJECT_FIELDS = ("key", "shard", "reason")
+
+
+class JobConflict(ValueError):
+    """The output folder holds a job with different settings."""
+
+
+@dataclass
+class ShardJob:
+    """What a concrete job supplies (module-level callables: they are pickled to Ray workers)."""
+
+    name: str  # job name ("mine"), in logs, manifest and summary
+    processor: type  # class(**processor_kwargs) loaded once per actor; (shard_id, records) -> (rows, rejects)
+    processor_kwargs: dict  # constructor arguments (model, settings)
+    row_schema: Callable[[], Any]  # -> pyarrow.Schema of the rows files
+    settings: dict  # what determines the rows; stored in _job.json and compared on rerun
+    reader: Callable = read_shard  # (Shard, Location, **reader_kwargs) -> iterator of record dicts with "key"
+    reader_kwargs: dict = field(default_factory=dict)
+    find: Callable = find_shards  # (Location, fmt) -> list[Shard]
+
+
+@dataclass
+class ShardJobConfig:
+    input_uri: str  # folder/prefix of shards, or one shard
+    output_uri: str  # output folder/prefix
+    actors: int = 1  # processor actors (one model each); >= 1
+    cpus_per_actor: float = 0.5  # CPUs reserved per actor; fractional so read tasks always get a CPU
+    gpus_per_actor: float = 0.0  # GPUs per actor (1 on GPU nodes; 0 = CPU)
+    read_cpus: float = 0.25  # CPUs per read task (reads are I/O bound)
+    max_reads_in_flight: int = 0  # concurrent read tasks; 0 = 2 per actor (bounds memory: a shard each)
+    input_format: str = "auto"  # auto | webdataset | parquet | folder
+    address: str | None = None  # Ray address; None starts a local Ray for this job
+    progress_interval: float = 2.0  # seconds between progress lines
+
+    def __post_init__(self):
+        if self.actors < 1:
+            raise ValueError(f"actors must be >= 1, got {self.actors}")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0 or self.read_cpus < 0:
+            raise ValueError("cpus_per_actor, gpus_per_actor and read_cpus must be >= 0")
+        if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
+            raise ValueError("an actor needs some CPU or GPU (cpus_per_actor or gpus_per_actor > 0)")
+        if self.max_reads_in_flight < 0:
+            raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
+
+
+# ---- output layout ---------------------------------------------------------------------------
+def rows_file(out: Location, shard_id: str) -> Location:
+    return out.child("rows", f"{shard_id}.parquet")
+
+
+def rejects_file(out: Location, shard_id: str) -> Location:
+    return out.child("rejects", f"{shard_id}.parquet")
+
+
+def marker_file(out: Location, shard_id: str) -> Location:
+    return out.child("stats", f"{shard_id}{MARKER_SUFFIX}")
+
+
+def done_shards(out: Location) -> dict[str, dict]:
+    """shard id -> its stats, for every shard with a done marker."""
+    stats_dir = out.child("stats")
+    done = {}
+    for loc, _ in stats_dir.list_files():
+        rel = loc.relative_to(stats_dir)
+        if rel.endswith(MARKER_SUFFIX):
+            done[rel[: -len(MARKER_SUFFIX)]] = json.loads(loc.read_text())
+    return done
+
+
+def _parquet_bytes(rows: list[dict], schema) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist(rows, schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def reject_schema():
+    import pyarrow as pa
+
+    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
+
+
+def reason_class(reason: str) -> str:
+    """'corrupt or truncated image (broken data stream ...)' -> 'corrupt or truncated image'."""
+    return reason.split(" (", 1)[0].strip()
+
+
+# ---- Ray stages --------------------------------------------------------------------------------
+def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions) -> dict:
+    """Read task: one shard -> one row holding all its records (pickled; one row cannot be split)."""
+    shard = Shard(**json.loads(row["shard"]))
+    start = time.monotonic()
+    try:
+        records = list(reader(shard, options.resolve(shard.uri), **reader_kwargs))
+        error = ""
+    except (ShardError, OSError) as e:
+        records, error = [], str(e)
+    return {"shard": row["shard"], "records": pickle.dumps(records, protocol=5), "error": error,
+            "read_seconds": time.monotonic() - start}
+
+
+class _ShardWorker:
+    """Actor: builds the processor once, then per shard: process, check, write data, write marker."""
+
+    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str):
+        self.job, self.options = job, options
+        self.out = options.resolve(output_uri)
+        self.processor = job.processor(**job.processor_kwargs)
+        self.host = socket.gethostname()
+
+    def __call__(self, batch: dict) -> dict:
+        results = [self._one(s, r, e, float(t)) for s, r, e, t in
+                   zip(batch["shard"], batch["records"], batch["error"], batch["read_seconds"])]
+        return {k: [r[k] for r in results] for k in ("shard", "records", "rows", "rejects", "size", "error")}
+
+    def _one(self, shard_json: str, blob: bytes, read_error: str, read_seconds: float) -> dict:
+        shard = Shard(**json.loads(shard_json))
+        base = {"shard": shard.id, "size": shard.size}
+        if read_error:
+            log.warning("shard %s failed to read: %s", shard.id, read_error)
+            return {**base, "records": 0, "rows": 0, "rejects": 0, "error": read_error}
+        records = pickle.loads(blob)
+        start = time.monotonic()
+        try:
+            rows, rejects = self._process(shard, records)
+            self._write(shard, records, rows, rejects, read_seconds, time.monotonic() - start)
+        except Exception as e:  # noqa: BLE001 -- the shard fails (no marker: a rerun retries it); the job goes on
+            log.exception("shard %s failed", shard.id)
+            return {**base, "records": len(records), "rows": 0, "rejects": 0, "error": f"{type(e).__name__}: {e}"}
+        return {**base, "records": len(records), "rows": len(rows), "rejects": len(rejects), "error": ""}
+
+    def _process(self, shard: Shard, records: list[dict]) -> tuple[list[dict], list[dict]]:
+        good = [r for r in records if not r.get("error")]
+        rejects = [{"key": r["key"], "shard": shard.id, "reason": r["error"]} for r in records if r.get("error")]
+        rows, more = self.processor(shard.id, good) if good else ([], [])
+        rejects += [{"key": r["key"], "shard": shard.id, "reason": r["reason"]} for r in more]
+        counted = sorted([r["key"] for r in rows] + [r["key"] for r in rejects])
+        if counted != sorted(r["key"] for r in records):
+            raise RuntimeError(f"{self.job.name} processor returned {len(rows)} rows + {len(rejects)} rejects "
+                               f"for {len(records)} records: keys do not match")
+        return rows, rejects
+
+    def _write(self, shard, records, rows, rejects, read_seconds, seconds) -> None:
+        reasons: dict[str, int] = {}
+        for r in rejects:
+            reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
+        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()))
+        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()))
+        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
+                 "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
+                 "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
+                 "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1))  # last: the done marker
+
+
+# ---- driver ------------------------------------------------------------------------------------
+def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
+    """Write _job.json on the first run; refuse a rerun whose input or settings differ."""
+    manifest = out.child("_job.json")
+    mine = {"job": job.name, "input": cfg.input_uri, "format": cfg.input_format, "settings": job.settings}
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        diff = [k for k in ("job", "input", "format") if old.get(k) != mine[k]]
+        diff += [f"settings.{k}" for k in sorted(set(old.get("settings", {})) | set(job.settings))
+                 if old.get("settings", {}).get(k) != job.settings.get(k)]
+        if diff:
+            details = ", ".join(f"{k}: {_get(old, k)!r} there vs {_get(mine, k)!r} now" for k in diff)
+            raise JobConflict(f"{out.uri} holds a job with other settings ({details}); "
+                              "use a new output location or the same settings to resume")
+        return
+    manifest.write_text(json.dumps({**mine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                   indent=1))
+
+
+def _get(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part) if isinstance(d, dict) else None
+    return d
+
+
+def _start_ray(address: str | None):
+    """Connect to ``address`` or start a local Ray; returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    return True
+
+
+def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending: list[Shard], progress: Progress):
+    """Run the pending shards through Ray Data; yields each shard's result row as it finishes."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own progress lines (one per shard) read well in job logs
+    if not log.isEnabledFor(logging.INFO):  # Ray Data's plan/finish INFO lines only with -v
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    reads = cfg.max_reads_in_flight or 2 * cfg.actors
+    items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map(_read_stage, fn_kwargs={"reader": job.reader, "reader_kwargs": job.reader_kwargs,
+                                        "options": options},
+                num_cpus=cfg.read_cpus, compute=ray.data.TaskPoolStrategy(size=reads))
+    ds = ds.map_batches(
+        _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
+        batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+    )
+    yield from ds.iter_rows()
+
+
+def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:
+    """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json)."""
+    root, out = options.resolve(cfg.input_uri), options.resolve(cfg.output_uri)
+    shards = job.find(root, cfg.input_format)
+    ids = [s.id for s in shards]
+    if len(set(ids)) != len(ids):
+        raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
+    check_manifest(out, job, cfg)
+    done = done_shards(out)
+    pending = [s for s in shards if s.id not in done]
+    echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
+         f"{len(pending)} to do")
+    progress = Progress(job.name, len(pending), sum(s.size for s in pending), cfg.progress_interval)
+    failed = []
+    if pending:
+        started = _start_ray(cfg.address)
+        try:
+            for result in _stream(job, cfg, options, pending, progress):
+                if result["error"]:
+                    failed.append({"shard": result["shard"], "error": result["error"]})
+                progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
+                                failed=bool(result["error"]))
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
+    out.child("summary.json").write_text(json.dumps(summary, indent=1))
+    echo(format_summary(summary))
+    return summary
+
+
+def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> dict:
+    stats = done_shards(out)
+    known = {s.id for s in shards}
+    stats = {k: v for k, v in stats.items() if k in known}
+    totals = {k: sum(s[k] for s in stats.values()) for k in ("records", "rows", "rejects")}
+    totals["balanced"] = totals["records"] == totals["rows"] + totals["rejects"]
+    reasons: dict[str, int] = {}
+    for s in stats.values():
+        for reason, n in s.get("reject_reasons", {}).items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    complete = len(stats) == len(shards)
+    if progress.total_shards == 0:
+        status = f"nothing to do: all {len(shards)} shards were already done"
+    else:
+        status = "complete" if complete else f"incomplete: {len(shards) - len(stats)} shards not done (rerun to retry)"
+    return {
+        "job": job.name, "status": status, "complete": complete,
+        "input": cfg.input_uri, "output": cfg.output_uri,
+        "shards": {"total": len(shards), "done": len(stats), "failed": len(failed),
+                   "processed_this_run": progress.shards - len(failed), "skipped_already_done": skipped},
+        "totals": totals,
+        "this_run": {"records": progress.records, "rejects": progress.rejects, "seconds": round(progress.elapsed, 3),
+                     "images_per_s": round(progress.rate, 3)},
+        "reject_reasons": reasons, "failed_shards": failed, "settings": job.settings,
+        "storage": options.describe(), "ray": {"address": cfg.address or "local", "actors": cfg.actors,
+                                               "cpus_per_actor": cfg.cpus_per_actor,
+                                               "gpus_per_actor": cfg.gpus_per_actor},
+        "files": {k: out.child(k).uri for k in ("rows", "rejects", "stats")},
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
