@@ -15,7 +15,6 @@ import sys
 JOB_MODULES = (
     "pipelines.pez_cli",  # invert, distill, concat
     "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
-    "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
     "pipelines.mine",  # mine (Ray Data, resumable)
     "pipelines.train",  # train sft|reward|ppo (Ray Train)
 )
