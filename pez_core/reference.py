@@ -9,7 +9,7 @@ best one is kept. Everything else (encoder, targets, similarity, initialisation)
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -33,16 +33,20 @@ class _WholeVocabulary:
 
 
 def invert_reference(
-    clip: ClipModel, targets: Sequence[Target], config: PEZConfig | None = None
+    clip: ClipModel,
+    targets: Sequence[Target],
+    config: PEZConfig | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[PEZResult]:
-    """Optimise the targets one after another, exactly as the paper's code does."""
+    """Optimise the targets one after another, exactly as the paper's code does.
+    ``on_step(step, target_index)`` is called after every step."""
     cfg = config or PEZConfig()
     vocab = _WholeVocabulary(clip)
     seeds = target_seeds(targets, cfg.seed)
-    return [_invert_one(clip, vocab, t, s, cfg) for t, s in zip(targets, seeds)]
+    return [_invert_one(clip, vocab, t, s, cfg, i, on_step) for i, (t, s) in enumerate(zip(targets, seeds))]
 
 
-def _invert_one(clip: ClipModel, vocab: _WholeVocabulary, target: Target, seed: int, cfg: PEZConfig) -> PEZResult:
+def _invert_one(clip, vocab, target: Target, seed: int, cfg: PEZConfig, index: int, on_step) -> PEZResult:
     feats, weights = stack_targets([target], clip.device)
     prompt = initial_prompts(vocab, [seed], cfg.prompt_len).to(clip.device).requires_grad_(True)
     opt = torch.optim.AdamW([prompt], lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -60,4 +64,6 @@ def _invert_one(clip: ClipModel, vocab: _WholeVocabulary, target: Target, seed: 
         if score > best_cos:
             best_cos, best_ids, best_step = score, ids[0].tolist(), step
             best_text = clip.decode(best_ids)
+        if on_step is not None:
+            on_step(step, index)
     return PEZResult(best_text, best_ids, best_cos, best_step, cfg.steps, target.kind, {"mode": "reference"})
