@@ -188,6 +188,9 @@ def test_bad_inputs_are_named_by_index(tiny_lm_dir):
         rw.rewrite("a cat")
     with pytest.raises(TypeError, match="unknown generation option"):
         rw.rewrite(["a cat"], max_tokens=3)
+    # batch jobs ask for every reason at once and reject rows instead of failing
+    assert rw.problems(["a cat", "", "b" * 1200, " "], 4) == [
+        None, "empty prompt", "prompt has 1200 characters, more than the maximum 1000", "prompt is only whitespace"]
 
 
 def test_prompt_plus_new_tokens_must_fit_gpt2_positions(tmp_path):
@@ -198,6 +201,15 @@ def test_prompt_plus_new_tokens_must_fit_gpt2_positions(tmp_path):
     with pytest.raises(PromptError, match=rf"prompts\[1\]: templated prompt has \d+ tokens; with "
                                           rf"max_new_tokens={room} it exceeds the model's 80 positions"):
         rw.rewrite(["a cat", "a castle on a hill"], max_new_tokens=room)
+    assert rw.problems(["a cat", "a castle on a hill"], room)[0] is None
+
+
+@pytest.mark.slow
+def test_published_model_rewrites_a_prompt():
+    """Real weights (network or HF cache): HF_HUB_OFFLINE=0 python -m pytest -m slow tests/test_rewriter.py"""
+    rw = Rewriter.from_pretrained()  # alibaba-pai/pai-bloom-1b1-text2prompt-sd
+    [out] = rw.rewrite(["a cat sitting on a sofa"], max_new_tokens=96)
+    assert "cat" in out.lower() and "," in out and len(out) > len("a cat sitting on a sofa")
 
 
 @pytest.mark.parametrize("kwargs, match", [

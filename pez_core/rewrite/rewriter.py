@@ -169,23 +169,30 @@ class Rewriter:
         """Token counts of ``texts`` under this tokenizer (no special tokens added), for tokens/s."""
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
-    def format_all(self, prompts: list[str], max_new_tokens: int) -> list[str]:
-        """Templated inputs; a PromptError names the first bad prompt by index and says why."""
+    def problems(self, prompts: list[str], max_new_tokens: int) -> list[str | None]:
+        """Per prompt, why it cannot be rewritten (empty, too long, over the model's positions) or None.
+
+        For batch jobs that turn bad rows into rejects instead of failing: rewrite the rows with None.
+        """
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, not one string")
-        texts = []
-        for i, raw in enumerate(prompts):
-            reason = check_raw_prompt(raw, self.max_input_chars)
-            if reason:
-                raise PromptError(i, reason)
-            texts.append(format_prompt(raw, self.template, max_chars=self.max_input_chars))
+        reasons = [check_raw_prompt(raw, self.max_input_chars) for raw in prompts]
         limit = self.max_positions()
         if limit is not None:
-            for i, n in enumerate(self.count_tokens(texts)):
+            ok = [i for i, r in enumerate(reasons) if r is None]
+            texts = [format_prompt(prompts[i], self.template, max_chars=self.max_input_chars) for i in ok]
+            for i, n in zip(ok, self.count_tokens(texts)):
                 if n + max_new_tokens > limit:
-                    raise PromptError(i, f"templated prompt has {n} tokens; with max_new_tokens={max_new_tokens} "
-                                         f"it exceeds the model's {limit} positions")
-        return texts
+                    reasons[i] = (f"templated prompt has {n} tokens; with max_new_tokens={max_new_tokens} "
+                                  f"it exceeds the model's {limit} positions")
+        return reasons
+
+    def format_all(self, prompts: list[str], max_new_tokens: int) -> list[str]:
+        """Templated inputs; a PromptError names the first bad prompt by index and says why."""
+        for i, reason in enumerate(self.problems(prompts, max_new_tokens)):
+            if reason:
+                raise PromptError(i, reason)
+        return [format_prompt(raw, self.template, max_chars=self.max_input_chars) for raw in prompts]
 
     def rewrite(self, prompts: list[str], config: GenerationConfig | None = None, **overrides) -> list[str]:
         """Rewritten prompts, one per input, in input order. Keyword overrides: GenerationConfig fields."""
