@@ -137,6 +137,8 @@ def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: Stora
         error = ""
     except (ShardError, OSError) as e:
         records, error = [], str(e)
+    except Exception as e:  # noqa: BLE001 -- any unreadable shard fails alone; a rerun retries it
+        records, error = [], f"{shard.uri}: cannot read ({type(e).__name__}: {e})"
     return {"shard": row["shard"], "records": pickle.dumps(records, protocol=5), "error": error,
             "read_seconds": time.monotonic() - start}
 
@@ -191,7 +193,7 @@ class _ShardWorker:
         stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
-                 "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                 "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1))  # last: the done marker
 
 

@@ -139,3 +139,28 @@ def test_bad_flags_are_user_errors(tmp_path, capsys, flags, message):
     (tmp_path / "in" / "a.tar").write_bytes(webdataset_bytes(sample_records(0, 1, size=32)))
     assert main(["mine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o"), *FAST, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_unreadable_shard_fails_alone_and_a_rerun_retries_it(ray_cluster, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    for s in range(2):
+        (tmp_path / "in" / f"{s:05d}.tar").write_bytes(webdataset_bytes(sample_records(s, 2, size=32)))
+    (tmp_path / "in" / "00002.tar").write_bytes(b"this is not a tar archive at all" * 40)
+    (tmp_path / "in" / "00003.parquet").write_bytes(b"PAR1 garbage")
+    args = ["mine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *FAST]
+    assert main(args) == 1  # incomplete: exit status 1
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["shards"] == {"total": 4, "done": 2, "failed": 2, "processed_this_run": 2, "skipped_already_done": 0}
+    assert sorted(f["shard"] for f in summary["failed_shards"]) == ["00002", "00003"]
+    assert "not a readable tar" in printed and "not a readable Parquet file" in printed
+    assert not (tmp_path / "out" / "stats" / "00002_stats.json").exists()
+
+    # the shards are repaired; the same command finishes exactly those two
+    (tmp_path / "in" / "00002.tar").write_bytes(webdataset_bytes(sample_records(2, 2, size=32)))
+    (tmp_path / "in" / "00003.parquet").write_bytes(parquet_bytes(sample_records(3, 2, size=32)))
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["shards"]["processed_this_run"] == 2 and summary["shards"]["skipped_already_done"] == 2
+    rows = pd.read_parquet(tmp_path / "out" / "rows")
+    assert sorted(rows["key"]) == sorted(f"{s:05d}{i:04d}" for s in range(4) for i in range(2))
