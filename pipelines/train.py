@@ -1,0 +1,259 @@
+"""``promptmine train sft|reward|ppo``: the three BeautifulPrompt stages as Ray Train jobs.
+
+    promptmine train sft    --data pairs.parquet --output s3://b/sft --model bigscience/bloom-1b1 --workers 4
+    promptmine train reward --kind ps  --data pairs.parquet --output s3://b/r_ps  --model bigscience/bloom-1b1
+    promptmine train reward --kind aes --data pairs.parquet --output s3://b/r_aes --model bigscience/bloom-1b1
+    promptmine train ppo    --data pairs.parquet --output s3://b/ppo --model s3://b/sft/model \\
+                            --reward-ps s3://b/r_ps/model --reward-aes s3://b/r_aes/model
+
+Each stage is a Ray Train V2 TorchTrainer (DDP across ``--workers``; gloo on CPU). Checkpoints go to
+``OUTPUT/checkpoints/RUN_NAME`` (local or S3); a rerun of the same command resumes from the latest one, and
+a crashed worker restarts the group from it (``--max-failures``). At the end the driver publishes:
+
+    OUTPUT/model/          save_pretrained: AutoModelForCausalLM / AutoModelForSequenceClassification load it
+                           (PPO adds value_head.pt)
+    OUTPUT/metrics.csv     one row per step (loss, lr, ... ; PPO: score, kl, kl_coef, pg_loss, vf_loss, ...)
+    OUTPUT/metrics.jsonl   the same rows as JSON lines
+    OUTPUT/summary.json    stage, steps, workers, the steps each attempt started from, final metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the rewriter: sft, reward models, ppo (Ray Train)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stages = p.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    sft = stages.add_parser("sft", help="supervised fine-tuning, loss on the completion only")
+    reward = stages.add_parser("reward", help="a regression reward model (aesthetic or PickScore)")
+    ppo = stages.add_parser("ppo", help="PPO against the reward models with an adaptive KL penalty")
+    for sp in (sft, reward, ppo):
+        _common_args(sp)
+    sft.add_argument("--template", default="v1", help="instruction template: v1 (paper) or v2")
+    sft.add_argument("--min-pick-score", type=float, help="drop pairs below this pick_score (paper: 18.5)")
+    sft.add_argument("--eval-fraction", type=float, default=0.0, help="rows held out for a final eval_loss")
+    reward.add_argument("--kind", required=True, choices=("aes", "ps"),
+                        help="aes: input prompt, target aesthetic_score; ps: input raw + prompt, target pick_score")
+    reward.add_argument("--eval-fraction", type=float, default=0.05,
+                        help="rows held out for the final eval_mse and eval_pearson (default 0.05)")
+    ppo.add_argument("--template", default="v1", help="instruction template the SFT model was trained with")
+    ppo.add_argument("--ref-model", help="frozen reference model (default: --model, the SFT model)")
+    ppo.add_argument("--reward-ps", help="PickScore reward model folder or s3 URI (from `train reward --kind ps`)")
+    ppo.add_argument("--reward-aes", help="aesthetic reward model folder or s3 URI (from `train reward --kind aes`)")
+    ppo.add_argument("--alpha", type=float, default=0.7, help="reward = alpha * r_ps + (1 - alpha) * r_aes (0.7)")
+    ppo.add_argument("--absolute-reward", action="store_true",
+                     help="do not subtract the reward of the dataset's high-quality prompt")
+    ppo.add_argument("--rollouts-per-step", type=int, default=64, help="rollouts per step per worker (64)")
+    ppo.add_argument("--chunk-size", type=int, default=16, help="prompts per generate call (16)")
+    ppo.add_argument("--minibatch-size", type=int, default=16, help="rollouts per gradient step (16)")
+    ppo.add_argument("--ppo-epochs", type=int, default=4, help="passes over each step's rollouts (4)")
+    ppo.add_argument("--init-kl-coef", type=float, default=0.05, help="initial KL coefficient (0.05)")
+    ppo.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL target; 0 keeps it fixed (6)")
+    ppo.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL horizon in rollouts (10000)")
+    ppo.add_argument("--max-new-tokens", type=int, default=256, help="tokens per rollout (256)")
+    ppo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="Parquet file or folder (local or s3://) with raw_prompt, prompt, "
+                                                 "pick_score, aesthetic_score")
+    p.add_argument("--output", required=True, help="output folder (local or s3://): model/, metrics, checkpoints/")
+    p.add_argument("--model", required=True, help="base model: Hugging Face id, local folder or s3:// folder "
+                                                  "(ppo: the SFT model)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (0: CPU with gloo)")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (torch threads follow it)")
+    p.add_argument("--epochs", type=int, help="passes over the data (sft 4, reward 1)")
+    p.add_argument("--lr", type=float, help="learning rate (sft/reward 2e-5, ppo 5e-6)")
+    p.add_argument("--batch-size", type=int, help="examples per worker per step (16)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (ppo default: 5000)")
+    p.add_argument("--max-length", type=int, default=384, help="tokens per example (384)")
+    p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of warmup steps (0.03)")
+    p.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and new heads")
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (and at the end)")
+    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept in storage (2)")
+    p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint (1)")
+    p.add_argument("--run-name", help="checkpoint folder under OUTPUT/checkpoints; a rerun with the same name "
+                                      "resumes (default: the stage, or reward-KIND)")
+    p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (e.g. auto); default: a local Ray")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
+    p.add_argument("--credentials", choices=("forward", "worker"), default="forward",
+                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain")
+    p.add_argument("--inject-failure", metavar="STEP:MARKER", help=argparse.SUPPRESS)  # resume tests only
+    p.set_defaults(func=cmd_train)
+
+
+# ---- building the job -----------------------------------------------------------------------------
+def build_job(args):
+    """A TrainJob from the parsed arguments; ValueError (from the configs) names a bad value."""
+    from pez_core.rewrite.ppo import PPOConfig
+    from pez_core.rewrite.reward_model import RewardConfig
+    from pez_core.rewrite.sft import SFTConfig
+
+    from .storage import StorageOptions
+    from .train_loops import TrainJob
+
+    given = {k: v for k, v in {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}.items()
+             if v is not None}
+    common = dict(max_length=args.max_length, warmup_ratio=args.warmup_ratio)
+    if args.stage == "sft":
+        algo = SFTConfig(template=args.template, min_pick_score=args.min_pick_score, **common, **given)
+    elif args.stage == "reward":
+        algo = RewardConfig(kind=args.kind, **common, **given)
+    else:
+        algo = PPOConfig(
+            template=args.template, rollouts_per_step=args.rollouts_per_step, chunk_size=args.chunk_size,
+            minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef,
+            target_kl=args.target_kl or None, kl_horizon=args.kl_horizon, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, **({"lr": args.lr} if args.lr is not None else {}),
+        )
+        if args.batch_size is not None or args.epochs is not None:
+            raise ValueError("ppo: use --rollouts-per-step / --minibatch-size / --max-steps, not --batch-size/--epochs")
+        if not args.reward_ps and not args.reward_aes:
+            raise ValueError("ppo needs --reward-ps and/or --reward-aes (from `promptmine train reward`)")
+    for name in ("workers", "checkpoint_every", "keep_checkpoints"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    fraction = getattr(args, "eval_fraction", 0.0)
+    if not 0 <= fraction < 0.5:
+        raise ValueError(f"--eval-fraction must be in [0, 0.5), got {fraction}")
+    inject = None
+    if args.inject_failure:
+        step, _, marker = args.inject_failure.partition(":")
+        inject = (int(step), marker)
+    options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+    return TrainJob(
+        stage=args.stage, data_uri=args.data, model=args.model, algo=algo, options=options,
+        max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,
+        min_pick_score=getattr(args, "min_pick_score", None), ref_model=getattr(args, "ref_model", None),
+        reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
+        alpha=getattr(args, "alpha", 0.7), relative_reward=not getattr(args, "absolute_reward", False),
+        threads=max(1, int(args.cpus_per_worker)), inject_failure=inject,
+    )
+
+
+def check_data(job) -> int:
+    """Fail fast on the driver: the table exists and has the columns the stage reads. Returns its rows."""
+    import pyarrow.dataset as pads
+
+    from .train_loops import REQUIRED_COLUMNS
+
+    loc = job.options.resolve(job.data_uri)
+    try:
+        dataset = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--data {job.data_uri}: cannot read Parquet ({str(e).splitlines()[0][:200]})") from e
+    needed = list(REQUIRED_COLUMNS[job.stage])
+    if job.stage == "reward":
+        needed.append(job.algo.score_column)
+        if job.algo.kind == "ps":
+            needed.append("raw_prompt")
+    if job.min_pick_score is not None:
+        needed.append("pick_score")
+    missing = [c for c in needed if c not in dataset.schema.names]
+    if missing:
+        raise ValueError(f"--data {job.data_uri}: missing column(s) {', '.join(missing)}; "
+                         f"it has {', '.join(dataset.schema.names)}")
+    rows = dataset.count_rows()
+    if rows == 0:
+        raise ValueError(f"--data {job.data_uri}: no rows")
+    return rows
+
+
+# ---- running it -----------------------------------------------------------------------------------
+def run_training(job, output: str, workers: int, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
+                 run_name: str | None = None, keep_checkpoints: int = 2, max_failures: int = 1,
+                 address: str | None = None) -> dict:
+    """Run the stage on Ray Train and publish model, metrics and summary to ``output``; returns the summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from .train_loops import LOOPS
+
+    rows = check_data(job)
+    out = job.options.resolve(output)
+    checkpoints = out.child("checkpoints")
+    name = run_name or (f"reward-{job.algo.kind}" if job.stage == "reward" else job.stage)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        ray.init(address=address, include_dashboard=False if address is None else None, configure_logging=False)
+    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    trainer = TorchTrainer(
+        LOOPS[job.stage],
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=checkpoints.path,
+            storage_filesystem=checkpoints.fs if checkpoints.scheme == "s3" else None,
+            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    t0 = time.monotonic()
+    log.info("train %s: %d rows, %d workers, checkpoints in %s/%s", job.stage, rows, workers, checkpoints.uri, name)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"train {job.stage}: the run ended without a checkpoint")
+    summary = publish(result.checkpoint, out, job, workers, name)
+    summary["seconds"] = round(time.monotonic() - t0, 1)
+    out.child("summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def publish(checkpoint, out, job, workers: int, name: str) -> dict:
+    """Copy the final checkpoint's model to OUTPUT/model and write metrics.csv / metrics.jsonl."""
+    import pandas as pd
+
+    with checkpoint.as_directory() as d:
+        d = Path(d)
+        progress = json.loads((d / "progress.json").read_text())
+        for path in sorted((d / "model").rglob("*")):
+            if path.is_file():
+                out.child("model", str(path.relative_to(d / "model"))).write_bytes(path.read_bytes())
+    rows = progress["rows"]
+    out.child("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out.child("metrics.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
+    last = rows[-1] if rows else {}
+    return {
+        "stage": job.stage, "steps": progress["step"], "workers": workers, "world_size": progress["world_size"],
+        "attempt_start_steps": progress["starts"], "model": out.child("model").uri, "metrics": out.child("metrics.csv").uri,
+        "checkpoints": f"{out.child('checkpoints').uri}/{name}", "final": {k: v for k, v in last.items() if k != "sample"},
+    }
+
+
+def cmd_train(args) -> int:
+    from .cli import CLIError
+    from .storage import StorageError
+
+    try:
+        job = build_job(args)
+        summary = run_training(job, args.output, args.workers, args.gpus_per_worker, args.cpus_per_worker,
+                               args.run_name, args.keep_checkpoints, args.max_failures, args.address)
+    except (ValueError, StorageError) as e:
+        raise CLIError(str(e)) from e
+    except Exception as e:
+        if type(e).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
+            raise CLIError(f"training failed: {str(e).splitlines()[0][:300]}") from e
+        raise
+    final = ", ".join(f"{k}={v:.4g}" for k, v in summary["final"].items()
+                      if isinstance(v, float) and k not in ("seconds",))
+    print(f"train {summary['stage']}: {summary['steps']} steps on {summary['world_size']} workers "
+          f"in {summary['seconds']} s (attempts started at steps {summary['attempt_start_steps']})")
+    print(f"  final: {final}")
+    print(f"  model:   {summary['model']}\n  metrics: {summary['metrics']}\n  checkpoints: {summary['checkpoints']}")
+    sys.stdout.flush()
+    return 0
