@@ -17,6 +17,7 @@ JOB_MODULES = (
     "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
     "pipelines.mine",  # mine (Ray Data, resumable)
     "pipelines.train",  # train sft|reward|ppo (Ray Train)
+    "pipelines.serve_cli",  # serve (Ray Serve online API)
 )
 
 

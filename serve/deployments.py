@@ -1,0 +1,271 @@
+"""Model deployments: concurrent requests share one model call through ``@serve.batch``.
+
+``RewriteModel``: each request's prompts join one batch, counted in prompts (``batch_size_fn``), and
+each group of requests with the same generation options is one ``Rewriter.rewrite_detailed`` call.
+``InvertModel``: each request is one image; the batch's images are encoded together and each group
+with the same (steps, prompt_len, ban) is one batched ``pez_core.invert`` run. Every target carries
+its request's seed, so a prompt does not depend on which requests shared its batch.
+
+Model calls run in a worker thread, so the replica keeps accepting requests (and the next batch
+fills) while a batch computes. Input problems only the model can see come back as
+``{"error": {...}}`` values rather than exceptions, so the ingress can answer them as 4xx JSON.
+Requests whose deadline passed before their batch ran are skipped; a PEZ run stops early once every
+request in it has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+
+from ray import serve
+
+from .settings import BatchSettings
+
+log = logging.getLogger(__name__)
+
+
+class BatchStats:
+    """How many items (prompts or images) each model call served, as a histogram."""
+
+    def __init__(self):
+        self.histogram: Counter[int] = Counter()
+        self.requests = 0
+
+    def record(self, items: int, requests: int) -> None:
+        self.histogram[items] += 1
+        self.requests += requests
+
+    def snapshot(self) -> dict:
+        hist = {str(k): v for k, v in sorted(self.histogram.items())}
+        return {"batches": sum(self.histogram.values()), "requests": self.requests,
+                "items": sum(k * v for k, v in self.histogram.items()),
+                "max_batch_size_seen": max(self.histogram, default=0), "batch_size_histogram": hist}
+
+
+def error(status: int, message: str, field: str | None = None, type: str | None = None) -> dict:
+    return {"error": {"status": status, "message": message, "field": field, "type": type}}
+
+
+def _expired() -> dict:
+    return error(504, "the request's time limit passed before the model got to it", type="timeout")
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+class _Batched:
+    """Shared by both models: runtime batch settings (user_config) and stats."""
+
+    batch_method_name = ""
+
+    def reconfigure(self, config: dict) -> None:
+        s = BatchSettings(**config)
+        method = getattr(self, self.batch_method_name)
+        method.set_max_batch_size(s.max_batch_size)
+        method.set_batch_wait_timeout_s(s.batch_wait_timeout_s)
+        self.settings = s
+        log.info("%s: max_batch_size=%d batch_wait_timeout_s=%s", type(self).__name__, s.max_batch_size,
+                 s.batch_wait_timeout_s)
+
+    def stats(self) -> dict:
+        return {**self.batch_stats.snapshot(), **self.settings.model_dump()}
+
+
+# ---- rewrite -------------------------------------------------------------------------------------
+@dataclass
+class _RewriteItem:
+    prompts: list[str]
+    generation: object  # pez_core GenerationConfig
+    deadline: float  # time.time() after which nobody waits for the answer
+
+
+def _count_prompts(items: list[_RewriteItem]) -> int:
+    return sum(len(item.prompts) for item in items)
+
+
+@serve.deployment(name="RewriteModel")
+class RewriteModel(_Batched):
+    batch_method_name = "_rewrite_batch"
+
+    def __init__(self, model: str, template: str = "v1", device: str | None = None, torch_threads: int = 1):
+        from pez_core.rewrite.rewriter import Rewriter
+
+        _set_threads(torch_threads)
+        if model == "tiny":  # a random tiny BLOOM built offline, for demos and tests
+            from pez_core.rewrite.tiny import build_tiny_lm
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="promptmine-tiny-lm-")
+            path = str(build_tiny_lm(self._tmp.name, arch="bloom", seed=0))
+        else:
+            path = model
+        self.rewriter = Rewriter.from_pretrained(path, template=template, device=device)
+        self.model_name = model
+        self.batch_stats = BatchStats()
+        self.settings = BatchSettings(max_batch_size=32, batch_wait_timeout_s=0.02)
+
+    def info(self) -> dict:
+        return {"model": self.model_name, "template": self.rewriter.template,
+                "architecture": type(self.rewriter.model).__name__, "device": str(self.rewriter.device)}
+
+    async def rewrite(self, prompts: list[str], generation: dict, deadline: float) -> dict:
+        """Rewritten prompts or ``{"error": ...}``; requests larger than a batch are split."""
+        from pez_core.rewrite.rewriter import GenerationConfig
+
+        try:
+            cfg = GenerationConfig(**generation)
+        except (TypeError, ValueError) as e:
+            return error(422, str(e), type="validation_error")
+        for i, reason in enumerate(self.rewriter.problems(prompts, cfg.max_new_tokens)):
+            if reason:
+                return error(400, reason, f"prompts[{i}]")
+        size = self.settings.max_batch_size
+        chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+        parts = await asyncio.gather(*(self._rewrite_batch(_RewriteItem(c, cfg, deadline)) for c in chunks))
+        for part in parts:
+            if "error" in part:
+                return part
+        return {"model": self.model_name, "results": [r for p in parts for r in p["results"]],
+                "batch_size": max(p["batch_size"] for p in parts)}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02, batch_size_fn=_count_prompts)
+    async def _rewrite_batch(self, items: list[_RewriteItem]) -> list[dict]:
+        now = time.time()
+        live = [i for i, item in enumerate(items) if item.deadline > now]
+        out: list[dict] = [_expired()] * len(items)
+        size = sum(len(items[i].prompts) for i in live)
+        groups: dict[tuple, list[int]] = {}
+        for i in live:  # one generate call per distinct set of options
+            groups.setdefault(tuple(sorted(vars(items[i].generation).items())), []).append(i)
+        for members in groups.values():
+            prompts = [p for i in members for p in items[i].prompts]
+            cfg = items[members[0]].generation
+            try:
+                rewrites = await asyncio.to_thread(self.rewriter.rewrite_detailed, prompts, cfg,
+                                                   batch_size=len(prompts))
+            except Exception as e:  # a model failure fails this group only, and is logged here
+                log.exception("rewrite of %d prompts failed", len(prompts))
+                for i in members:
+                    out[i] = error(500, f"model error: {type(e).__name__}", type="internal_error")
+                continue
+            start = 0
+            for i in members:
+                n = len(items[i].prompts)
+                out[i] = {"batch_size": size, "results": [
+                    {"prompt": r.raw_prompt, "text": r.text, "prompt_tokens": r.prompt_tokens,
+                     "new_tokens": r.new_tokens} for r in rewrites[start:start + n]]}
+                start += n
+        if live:
+            self.batch_stats.record(size, len(live))
+        return out
+
+
+# ---- invert --------------------------------------------------------------------------------------
+@dataclass
+class _InvertItem:
+    image: bytes
+    steps: int
+    prompt_len: int
+    ban: tuple[str, ...]
+    seed: int
+    deadline: float
+    max_pixels: int
+
+
+class _AllExpired(Exception):
+    pass
+
+
+@serve.deployment(name="InvertModel")
+class InvertModel(_Batched):
+    batch_method_name = "_invert_batch"
+
+    def __init__(self, clip: str = "tiny", pretrained: str | None = None, device: str | None = None,
+                 torch_threads: int = 1, vocab_cache: int = 8):
+        from pez_core import load_clip
+
+        _set_threads(torch_threads)
+        self.clip = load_clip(clip, pretrained=pretrained, device=device)
+        self.vocab_cache_size = vocab_cache
+        self._vocabs: OrderedDict[tuple, object] = OrderedDict()
+        self.batch_stats = BatchStats()
+        self.settings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05)
+        self._vocabulary(())  # build the default candidate table now, not on the first request
+
+    def info(self) -> dict:
+        return {"model": self.clip.name, "device": str(self.clip.device),
+                "context_length": self.clip.context_length}
+
+    def _vocabulary(self, ban: tuple[str, ...]):
+        """The candidate table for a ban list (cached: building one scans the whole vocabulary)."""
+        from pez_core import Vocabulary
+
+        if ban not in self._vocabs:
+            self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban)
+            if len(self._vocabs) > self.vocab_cache_size:
+                self._vocabs.popitem(last=False)
+        self._vocabs.move_to_end(ban)
+        return self._vocabs[ban]
+
+    async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
+                     deadline: float, max_pixels: int) -> dict:
+        item = _InvertItem(image, steps, prompt_len, tuple(sorted({w.strip().lower() for w in ban if w.strip()})),
+                           seed, deadline, max_pixels)
+        return await self._invert_batch(item)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def _invert_batch(self, items: list[_InvertItem]) -> list[dict]:
+        return await asyncio.to_thread(self._run, items)
+
+    def _run(self, items: list[_InvertItem]) -> list[dict]:
+        from pez_core import ImageError, PEZConfig, Target, decode_image, invert
+
+        out: list[dict] = [_expired()] * len(items)
+        images, live = [], []
+        for i, item in enumerate(items):
+            if item.deadline <= time.time():
+                continue
+            try:
+                images.append(decode_image(item.image, "image", max_pixels=item.max_pixels))
+                live.append(i)
+            except ImageError as e:
+                out[i] = error(400, e.reason, "image", type="invalid_image")
+        if not live:
+            return out
+        features = self.clip.encode_images(images)  # (k, e): one forward for the whole batch
+        groups: dict[tuple, list[int]] = {}
+        for j, i in enumerate(live):
+            groups.setdefault((items[i].steps, items[i].prompt_len, items[i].ban), []).append(j)
+        for (steps, prompt_len, ban), members in groups.items():
+            idx = [live[j] for j in members]
+            deadline = max(items[i].deadline for i in idx)
+
+            def stop_when_expired(step, active, deadline=deadline):
+                if time.time() > deadline:
+                    raise _AllExpired()
+
+            targets = [Target(features[j:j + 1], "image", seed=items[live[j]].seed) for j in members]
+            try:
+                results = invert(self.clip, targets, PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban),
+                                 vocab=self._vocabulary(ban), on_step=stop_when_expired)
+            except _AllExpired:
+                log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
+                continue
+            except Exception as e:
+                log.exception("PEZ run of %d images failed", len(idx))
+                for i in idx:
+                    out[i] = error(500, f"model error: {type(e).__name__}", type="internal_error")
+                continue
+            for j, i, r in zip(members, idx, results):
+                out[i] = {"model": self.clip.name, "prompt": r.text, "token_ids": r.token_ids, "cosine": r.cosine,
+                          "best_step": r.best_step, "steps_run": r.steps_run,
+                          "image_size": list(images[j].size), "batch_size": len(live)}
+        self.batch_stats.record(len(live), len(live))
+        return out

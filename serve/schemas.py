@@ -1,0 +1,98 @@
+"""Request and response bodies of the HTTP API (pydantic; they are also the OpenAPI docs).
+
+Static shape checks live here (types, ranges that never change); checks across fields and the
+operator's limits, which can change at runtime, are ``check_*`` in serve/ingress.py (so each error
+names its field).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RewriteRequest(BaseModel):
+    """One prompt (``prompt``) or several (``prompts``), and generation options."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"prompt": "a cat in the rain", "max_new_tokens": 64},
+                     {"prompts": ["a castle", "a fox at night"], "mode": "beam", "num_beams": 4}]})
+
+    prompt: str | None = Field(None, description="one raw prompt")
+    prompts: list[str] | None = Field(None, description="several raw prompts (rewritten in one batch)")
+    mode: Literal["greedy", "sample", "beam"] = Field("greedy", description="decoding")
+    max_new_tokens: int = Field(128, ge=1, description="cap on generated tokens")
+    min_new_tokens: int = Field(0, ge=0, description="suppress the end token until this many tokens")
+    temperature: float = Field(1.0, gt=0, le=10, description="sample: softmax temperature")
+    top_p: float = Field(1.0, gt=0, le=1, description="sample: nucleus mass")
+    top_k: int = Field(0, ge=0, description="sample: keep the k best tokens (0 = off)")
+    num_beams: int = Field(4, ge=2, description="beam: beams per prompt")
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="> 1 discourages repeats")
+    seed: int | None = Field(None, ge=0, description="sample: generator seed (results also depend on batching)")
+
+    def prompt_list(self) -> list[str]:
+        return [self.prompt] if self.prompt is not None else list(self.prompts or [])
+
+    def generation(self) -> dict:
+        """The fields of pez_core's GenerationConfig this request sets."""
+        return self.model_dump(exclude={"prompt", "prompts"})
+
+
+class RewriteResult(BaseModel):
+    prompt: str = Field(description="the raw prompt, unchanged")
+    text: str = Field(description="the rewritten prompt")
+    prompt_tokens: int = Field(description="tokens of the templated input")
+    new_tokens: int = Field(description="generated tokens (up to and including the end token)")
+
+
+class RewriteResponse(BaseModel):
+    model: str = Field(description="the rewrite model")
+    results: list[RewriteResult]
+    batch_size: int = Field(description="prompts in the largest model batch this request was part of")
+    latency_ms: float
+
+
+class InvertOptions(BaseModel):
+    """PEZ options of an invert request (JSON fields, or form fields beside a multipart upload)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(200, ge=1, description="optimisation steps (about 200 are often enough)")
+    prompt_len: int = Field(16, ge=1, le=75, description="tokens in the learned prompt (paper: 16)")
+    ban: list[str] = Field(default_factory=list, description="words no token of the prompt may contain")
+    seed: int = Field(0, ge=0, description="seed of the initial prompt (results do not depend on batching)")
+
+
+class InvertJSONRequest(InvertOptions):
+    """The JSON form of an invert request: the image as base64 (a data: URL prefix is accepted)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"image_base64": "iVBORw0KGgo...", "steps": 200, "prompt_len": 16, "ban": ["nsfw"]}]})
+
+    image_base64: str = Field(min_length=1, description="the encoded image (PNG, JPEG, WebP, ...) in base64")
+
+
+class InvertResponse(BaseModel):
+    model: str = Field(description="the CLIP the prompt was optimised against")
+    prompt: str = Field(description="the learned hard prompt; tokenises back to token_ids")
+    token_ids: list[int]
+    cosine: float = Field(description="mean cosine of the prompt's text features to the image's")
+    best_step: int
+    steps_run: int
+    image_size: list[int] = Field(description="[width, height] of the decoded image")
+    batch_size: int = Field(description="images in the model batch this request was part of (encoded together; "
+                            "one PEZ run per distinct (steps, prompt_len, ban) in it)")
+    latency_ms: float
+
+
+class ErrorBody(BaseModel):
+    type: str = Field(description="invalid_request | validation_error | unauthorized | not_found | "
+                      "payload_too_large | overloaded | timeout | internal_error ...")
+    message: str
+    field: str | None = Field(None, description="the input at fault, e.g. 'prompts[2]' or 'image'")
+    errors: list[dict] | None = Field(None, description="every field error, for validation errors")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
