@@ -32,7 +32,7 @@ def varied_lm_dir(request, tmp_path_factory):
 
 def reference_greedy(model, tok, raw: str, max_new_tokens: int, template: str = "v1") -> str:
     """One prompt, no padding, plain HF generate, decode the new ids: what batching must reproduce."""
-    ids = tok(format_prompt(raw, template), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = tok(format_prompt(raw, template), return_tensors="pt")["input_ids"]
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tok.pad_token_id)
@@ -97,7 +97,7 @@ def test_right_padding_would_break_the_batch(varied_lm_dir):
     singles = rw.rewrite(PROMPTS, max_new_tokens=8, batch_size=1)
     rw.tokenizer.padding_side = "right"
     texts = rw.format_all(PROMPTS, 8)
-    enc = rw.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = rw.tokenizer(texts, return_tensors="pt", padding=True)
     with torch.no_grad():
         out = rw.model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=rw.tokenizer.pad_token_id)
     wrong = [rw.decode(row) for row in out[:, enc["input_ids"].shape[1]:].tolist()]
@@ -123,6 +123,7 @@ def test_token_counts_for_throughput(varied_lm_dir):
     rw = Rewriter.from_pretrained(varied_lm_dir)
     res = rw.rewrite_detailed(PROMPTS[:3], max_new_tokens=9, min_new_tokens=9)
     assert [r.prompt_tokens for r in res] == rw.count_tokens([format_prompt(p) for p in PROMPTS[:3]])
+    assert [r.prompt_tokens for r in res] == [len(rw.tokenizer(format_prompt(p))["input_ids"]) for p in PROMPTS[:3]]
     assert [r.new_tokens for r in res] == [9, 9, 9]  # EOS suppressed: every row generates exactly 9
     assert [r.raw_prompt for r in res] == PROMPTS[:3]
 
@@ -196,7 +197,7 @@ def test_bad_inputs_are_named_by_index(tiny_lm_dir):
 def test_prompt_plus_new_tokens_must_fit_gpt2_positions(tmp_path):
     folder = build_tiny_lm(tmp_path / "short_gpt2", arch="gpt2", max_positions=80)
     rw = Rewriter.from_pretrained(folder)
-    room = 80 - rw.count_tokens([format_prompt("a cat")])[0]
+    room = 80 - rw.context_lengths([format_prompt("a cat")])[0]
     assert rw.rewrite(["a cat"], max_new_tokens=room)  # exactly fills the 80 positions
     with pytest.raises(PromptError, match=rf"prompts\[1\]: templated prompt has \d+ tokens; with "
                                           rf"max_new_tokens={room} it exceeds the model's 80 positions"):
@@ -232,3 +233,18 @@ def test_load_errors_are_clear(tmp_path):
         Rewriter.from_pretrained(str(tmp_path), template="v9")
     with pytest.raises(ValueError, match="cannot load causal LM 'nobody/no-such-model'"):
         Rewriter.from_pretrained("nobody/no-such-model")  # HF_HUB_OFFLINE=1: fails at once
+
+
+def test_tokenizers_that_add_a_bos_get_it_as_in_sft(tmp_path):
+    """Llama-style tokenizers prepend BOS; the rewriter encodes contexts as SFT does (tokenizer defaults)."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = build_tiny_lm(tmp_path / "bos", arch="bloom", seed=2, init_std=1.0)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    rw = Rewriter(model, tok)
+    res = rw.rewrite_detailed(PROMPTS[:3], max_new_tokens=8)
+    assert [r.prompt_tokens for r in res] == [n + 1 for n in rw.count_tokens([format_prompt(p) for p in PROMPTS[:3]])]
+    assert [r.text for r in res] == [reference_greedy(model, tok, p, 8) for p in PROMPTS[:3]]

@@ -169,6 +169,11 @@ class Rewriter:
         """Token counts of ``texts`` under this tokenizer (no special tokens added), for tokens/s."""
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
+    def context_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens the model is given for each templated text: encoded as in SFT (sft.context_ids), i.e.
+        with the tokenizer's own special tokens (none for BLOOM / GPT-2, a BOS for Llama-style ones)."""
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
     def problems(self, prompts: list[str], max_new_tokens: int) -> list[str | None]:
         """Per prompt, why it cannot be rewritten (empty, too long, over the model's positions) or None.
 
@@ -181,7 +186,7 @@ class Rewriter:
         if limit is not None:
             ok = [i for i, r in enumerate(reasons) if r is None]
             texts = [format_prompt(prompts[i], self.template, max_chars=self.max_input_chars) for i in ok]
-            for i, n in zip(ok, self.count_tokens(texts)):
+            for i, n in zip(ok, self.context_lengths(texts)):
                 if n + max_new_tokens > limit:
                     reasons[i] = (f"templated prompt has {n} tokens; with max_new_tokens={max_new_tokens} "
                                   f"it exceeds the model's {limit} positions")
@@ -203,7 +208,7 @@ class Rewriter:
         """As ``rewrite``, with token counts per prompt (for tokens/s accounting)."""
         cfg = _merge(config, overrides)
         texts = self.format_all(prompts, cfg.max_new_tokens)
-        lengths = self.count_tokens(texts)
+        lengths = self.context_lengths(texts)
         # Longest first: batches of similar length waste less compute on padding; the order is restored.
         order = sorted(range(len(texts)), key=lambda i: -lengths[i])
         results: list[Rewrite | None] = [None] * len(texts)
@@ -218,7 +223,7 @@ class Rewriter:
 
     @torch.inference_mode()
     def _generate(self, texts: list[str], cfg: GenerationConfig) -> list[tuple[str, int]]:
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True)  # special tokens as in SFT
         enc = {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         out = self.model.generate(**enc, **cfg.hf_kwargs(), pad_token_id=self.tokenizer.pad_token_id,
                                   eos_token_id=self.eos_token_id)
