@@ -41,7 +41,8 @@ def key_seed(key: str, seed: int = 0) -> int:
 class PEZProcessor:
     """Loads one CLIP and its vocabulary; mines a prompt per record in batches of ``batch_size``."""
 
-    def __init__(self, model: str, pretrained: str | None, pez: dict, batch_size: int, threads: int = 0):
+    def __init__(self, model: str, pretrained: str | None, pez: dict, batch_size: int, threads: int = 0,
+                 device: str | None = None):
         import torch
 
         from pez_core import PEZConfig, Vocabulary, load_clip
@@ -49,7 +50,7 @@ class PEZProcessor:
         if threads:
             torch.set_num_threads(threads)
         self.cfg = PEZConfig(**pez)
-        self.clip = load_clip(model, pretrained=pretrained)
+        self.clip = load_clip(model, pretrained=pretrained, device=device)
         self.vocab = Vocabulary(self.clip, safe=self.cfg.safe_vocab, allow=self.cfg.allow, ban=self.cfg.ban,
                                 projection=self.cfg.projection)
         self.batch_size = batch_size
@@ -128,7 +129,7 @@ def build_job(args):
     return ShardJob(
         name="mine", processor=PEZProcessor,
         processor_kwargs={"model": model, "pretrained": args.pretrained, "pez": pez_kwargs,
-                          "batch_size": args.batch_size, "threads": threads},
+                          "batch_size": args.batch_size, "threads": threads, "device": args.device},
         row_schema=row_schema, settings=settings,
         reader_kwargs={"image_column": args.image_column},
     )
@@ -144,6 +145,10 @@ def cmd_mine(args) -> int:
         return cmd_demo(args)
     if not args.input or not args.output:
         raise CLIError("--input and --output are required (or --demo DIR)")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.preset == "tiny" and not args.model and not args.demo_run:
+        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
     try:
         job = build_job(args)
         cfg = ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
@@ -167,7 +172,7 @@ def cmd_demo(args) -> int:
     write_sample_shards(folder / "input", shards=args.demo_shards, per_shard=args.demo_images)
     print(f"demo: wrote {args.demo_shards} WebDataset shards of {args.demo_images} sample images "
           f"(plus one corrupt and one caption-only record) to {folder / 'input'}")
-    args.input, args.output, args.demo = str(folder / "input"), str(folder / "output"), None
+    args.input, args.output, args.demo, args.demo_run = str(folder / "input"), str(folder / "output"), None, True
     status = cmd_mine(args)
     rows = pd.read_parquet(folder / "output" / "rows")
     rejects = pd.read_parquet(folder / "output" / "rejects")
@@ -215,7 +220,7 @@ def register(sub) -> None:
                    help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
     p.add_argument("--demo-shards", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--demo-images", type=int, default=8, help=argparse.SUPPRESS)
-    p.set_defaults(func=_defaults_then_run, device=None)
+    p.set_defaults(func=_defaults_then_run, demo_run=False)
 
 
 def _defaults_then_run(args) -> int:

@@ -77,7 +77,7 @@ def start_seaweed(folder) -> tuple[S3Server, subprocess.Popen]:
     data = os.path.join(folder, "data")
     os.makedirs(data, exist_ok=True)
     args = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.config={config}",
-            "-master.telemetry=false", "-volume.max=8", "-master.volumeSizeLimitMB=64",
+            "-master.telemetry=false", "-volume.max=64", "-master.volumeSizeLimitMB=32",
             f"-filer.localSocket={folder}/filer.sock", f"-s3.localSocket={folder}/s3.sock"]
     args += [f"-{flag}={port}" for flag, port in ports.items()]
     log_path = os.path.join(folder, "weed.log")
