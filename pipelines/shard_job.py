@@ -244,6 +244,7 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     ctx.enable_progress_bars = False  # our own progress lines (one per shard) read well in job logs
     if not log.isEnabledFor(logging.INFO):  # Ray Data's plan/finish INFO lines only with -v
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
     reads = cfg.max_reads_in_flight or 2 * cfg.actors
     items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
