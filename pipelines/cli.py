@@ -16,6 +16,7 @@ JOB_MODULES = (
     "pipelines.pez_cli",  # invert, distill, concat
     "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
     "pipelines.mine",  # mine (Ray Data, resumable)
+    "pipelines.rewrite_job",  # rewrite (Ray Data over prompt tables, resumable)
     "pipelines.train",  # train sft|reward|ppo (Ray Train)
     "pipelines.serve_cli",  # serve (Ray Serve online API)
 )

@@ -1,0 +1,196 @@
+"""Prompt tables as people already have them: Parquet, CSV or JSON Lines files with a ``prompt`` column.
+
+One input file = one shard (the unit of work and of resume of a shard job). DiffusionDB's
+``metadata.parquet`` is such a table (columns ``image_name``, ``prompt``, ``seed``, ...).
+
+Formats, by extension (compressed ``.gz`` / ``.bz2`` / ``.zst`` files are decompressed on the fly):
+- ``.parquet``: typed columns; a file pyarrow cannot open, or without the prompt / key column, fails
+  as a whole shard (ShardError): no row of it can be trusted.
+- ``.csv`` (header line, RFC 4180 quoting, read with the standard library's csv module) and
+  ``.jsonl`` / ``.ndjson`` (one JSON object per line; blank lines are not records): a row that cannot
+  be read (bad JSON, not an object, wrong number of fields, not UTF-8) becomes a record with an
+  ``error``, so the job rejects that row and does the rest.
+
+A record is ``{"key", "prompt", "error"}``. The key is the key column's value when ``key_column`` is
+given, else ``<shard>:<row index>`` (0-based over the file's data rows, unreadable ones included, so
+keys do not move when a row is repaired). A row without its own key (null key, unreadable row, or a
+key repeated in the file) is keyed ``<shard>:<row index>``, so every key of a job's output is unique;
+keys repeated *across* files are not detected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import posixpath
+from typing import Iterator
+
+from .shards import Shard, ShardError
+from .storage import Location
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("auto", "parquet", "csv", "jsonl")
+_EXTS = {"parquet": "parquet", "csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl"}
+_COMPRESSION = (".gz", ".bz2", ".zst", ".lz4")
+_BATCH_ROWS = 4096  # Parquet rows decoded at a time
+
+
+def table_format(name: str) -> tuple[str, str] | None:
+    """``("csv", "part-0")`` for ``part-0.csv.gz``; None for files that are not prompt tables."""
+    stem = name
+    for suffix in _COMPRESSION:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    base, dot, ext = stem.rpartition(".")
+    if not dot or ext.lower() not in _EXTS:
+        return None
+    return _EXTS[ext.lower()], base
+
+
+def find_tables(root: Location, fmt: str = "auto") -> list[Shard]:
+    """The prompt-table files under ``root`` (a folder or prefix, or one file), one shard each, by id."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
+    files = root.list_files()
+    if not files:
+        if root.exists():  # a single file
+            files = [(root, 0)]
+            root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
+        else:
+            raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
+    shards = {}
+    for loc, size in files:
+        rel = loc.relative_to(root)
+        if any(part.startswith((".", "_")) for part in rel.split("/")):  # _SUCCESS, .crc, hidden files
+            continue
+        found = table_format(rel)
+        if found is None or fmt not in ("auto", found[0]):
+            continue
+        kind, sid = found
+        if sid in shards:
+            raise ShardError(f"{root.uri}: two tables share the shard name {sid!r} "
+                             f"({posixpath.basename(shards[sid].uri)} and {loc.name})")
+        shards[sid] = Shard(sid, loc.uri, kind, size)
+    if not shards:
+        raise ShardError(f"{root.uri}: no Parquet, CSV or JSON Lines files found (format {fmt})")
+    return [shards[k] for k in sorted(shards)]
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def read_table(shard: Shard, loc: Location, prompt_column: str = "prompt",
+               key_column: str | None = None) -> Iterator[dict]:
+    """Records of one table file; see the module docstring for keys and unreadable rows."""
+    readers = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
+    if shard.format not in readers:
+        raise ShardError(f"{shard.uri}: unknown table format {shard.format!r}")
+    seen: dict[str, int] = {}
+    for index, (key, prompt, error) in enumerate(readers[shard.format](shard, loc, prompt_column, key_column)):
+        own = f"{shard.id}:{index}"
+        if key_column is not None and not error:
+            if key is None or (isinstance(key, float) and key != key):
+                key, error = None, f"key column {key_column!r} is null"
+            elif str(key) in seen:
+                error = f"duplicate key {str(key)!r} in this file (first at row {seen[str(key)]})"
+                key = None
+            else:
+                key = str(key)
+                seen[key] = index
+        yield {"key": key if key_column is not None and key is not None else own, "prompt": prompt, "error": error}
+
+
+def _missing(shard: Shard, column: str, names: list[str], what: str) -> ShardError:
+    return ShardError(f"{shard.uri}: no {what} column {column!r} (columns: {', '.join(map(str, names))})")
+
+
+def _read_parquet(shard, loc, prompt_column, key_column):
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(loc.open_input_file())
+    except ShardError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a bad file
+        raise ShardError(f"{shard.uri}: not a readable Parquet file ({e})") from e
+    names = pf.schema_arrow.names
+    for column, what in ((prompt_column, "prompt"), (key_column, "key")):
+        if column is not None and column not in names:
+            raise _missing(shard, column, names, what)
+    columns = [prompt_column] + ([key_column] if key_column not in (None, prompt_column) else [])
+    try:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+            cols = batch.to_pydict()
+            keys = cols[key_column] if key_column is not None else [None] * batch.num_rows
+            for prompt, key in zip(cols[prompt_column], keys):
+                yield key, prompt, None
+    except Exception as e:  # noqa: BLE001 -- a corrupt page fails the shard (no marker: a rerun retries)
+        raise ShardError(f"{shard.uri}: cannot read Parquet data ({type(e).__name__}: {e})") from e
+
+
+def _valid_utf8(values) -> bool:
+    try:
+        for v in values:
+            if isinstance(v, str):
+                v.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # lone surrogates from errors="surrogateescape": bytes that were not UTF-8
+        return False
+
+
+def _read_csv(shard, loc, prompt_column, key_column):
+    with loc.open_input_stream() as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise ShardError(f"{shard.uri}: unreadable CSV header ({e})") from e
+        for column, what in ((prompt_column, "prompt"), (key_column, "key")):
+            if column is not None and column not in header:
+                raise _missing(shard, column, header, what)
+        p_at = header.index(prompt_column)
+        k_at = header.index(key_column) if key_column is not None else None
+        while True:
+            line = reader.line_num + 1
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield None, None, f"unreadable row (CSV line {line}: {e})"
+                continue
+            if not fields:  # a blank line is not a row
+                continue
+            if len(fields) != len(header):
+                yield None, None, (f"unreadable row (CSV line {line} has {len(fields)} fields, "
+                                   f"the header {len(header)})")
+            elif not _valid_utf8(fields):
+                yield None, None, f"unreadable row (CSV line {line} is not valid UTF-8)"
+            else:
+                yield (fields[k_at] if k_at is not None else None), fields[p_at], None
+
+
+def _read_jsonl(shard, loc, prompt_column, key_column):
+    with loc.open_input_stream() as raw:
+        for number, line in enumerate(io.BufferedReader(raw), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield None, None, f"unreadable row (line {number} is not valid UTF-8)"
+                continue
+            except ValueError as e:
+                yield None, None, f"unreadable row (line {number} is not valid JSON: {e})"
+                continue
+            if not isinstance(obj, dict):
+                yield None, None, f"unreadable row (line {number} is a JSON {type(obj).__name__}, not an object)"
+            elif prompt_column not in obj:
+                yield None, None, f"unreadable row (line {number} has no {prompt_column!r} field)"
+            else:
+                yield (obj.get(key_column) if key_column is not None else None), obj[prompt_column], None

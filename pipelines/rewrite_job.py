@@ -1,0 +1,213 @@
+"""``promptmine rewrite``: prompt tables in object storage -> rewritten prompts, by a BeautifulPrompt LM on Ray.
+
+    promptmine rewrite --input s3://bucket/diffusiondb --output s3://bucket/rewritten --key-column image_name \
+        --actors 8 --gpus-per-actor 1 --address auto
+    promptmine rewrite --input prompts.csv --output /tmp/rewritten --model ./my-sft-model --max-new-tokens 64
+
+Each Parquet / CSV / JSON Lines file of the input is one shard (prompt_tables.py); the resumable
+per-shard machinery (skip done shards, rows + rejects + done marker, progress, summary) is
+shard_job.py's. This module holds the processor (one Rewriter per actor) and the command line.
+
+Rows file schema (rows/<shard>.parquet), one row per rewritten input row:
+    key string, shard string, raw_prompt string (the input, unchanged), prompt string (the rewrite),
+    prompt_tokens int32 (templated input), new_tokens int32 (generated, EOS included), model string,
+    template string, mode string, max_new_tokens int32, generation string (JSON of every generation
+    setting), seconds float32 (wall seconds of the shard's generation / rows).
+(raw_prompt, prompt) is the pair layout of the training data, so the output feeds SFT directly.
+Rejects (rejects/<shard>.parquet): key, shard, reason: empty, whitespace-only, overlong or
+non-string prompts (Rewriter.problems) and rows that could not be read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+
+log = logging.getLogger(__name__)
+
+_MODES = ("greedy", "sample", "beam")  # = pez_core.rewrite.rewriter.MODES (not imported: it loads torch)
+# Generation settings that decide the text (batch_size only changes speed, so a rerun may change it).
+_GENERATION_KEYS = ("max_new_tokens", "min_new_tokens", "mode", "temperature", "top_p", "top_k", "num_beams",
+                    "repetition_penalty", "seed")
+
+
+def row_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()), ("shard", pa.string()), ("raw_prompt", pa.string()), ("prompt", pa.string()),
+        ("prompt_tokens", pa.int32()), ("new_tokens", pa.int32()), ("model", pa.string()),
+        ("template", pa.string()), ("mode", pa.string()), ("max_new_tokens", pa.int32()),
+        ("generation", pa.string()), ("seconds", pa.float32()),
+    ])
+
+
+def shard_seed(seed: int | None, shard_id: str) -> int | None:
+    """Sampling seed of one shard: a function of the shard only, so a resumed shard is reproducible."""
+    return None if seed is None else zlib.crc32(f"{seed}:{shard_id}".encode())
+
+
+class RewriteProcessor:
+    """Loads one Rewriter per actor; rewrites a shard's valid prompts, rejects the others with a reason."""
+
+    def __init__(self, model: str, template: str, generation: dict, threads: int = 0, device: str | None = None,
+                 dtype: str | None = None):
+        import torch
+
+        from pez_core.rewrite.rewriter import GenerationConfig, Rewriter
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.gen = GenerationConfig(**generation)
+        self.rewriter = Rewriter.from_pretrained(model, template=template, device=device, dtype=dtype)
+        self.model, self.template = model, template
+        self.settings = json.dumps({k: getattr(self.gen, k) for k in _GENERATION_KEYS}, sort_keys=True)
+
+    def __call__(self, shard_id: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
+        from dataclasses import replace
+
+        prompts = [r["prompt"] for r in records]
+        reasons = self.rewriter.problems(prompts, self.gen.max_new_tokens)
+        rejects = [{"key": r["key"], "reason": "prompt is null" if r["prompt"] is None else why}
+                   for r, why in zip(records, reasons) if why]
+        good = [r for r, why in zip(records, reasons) if not why]
+        if not good:
+            return [], rejects
+        start = time.monotonic()
+        gen = replace(self.gen, seed=shard_seed(self.gen.seed, shard_id)) if self.gen.mode == "sample" else self.gen
+        results = self.rewriter.rewrite_detailed([r["prompt"] for r in good], gen)
+        per_row = (time.monotonic() - start) / len(good)
+        rows = [{"key": rec["key"], "shard": shard_id, "raw_prompt": res.raw_prompt, "prompt": res.text,
+                 "prompt_tokens": res.prompt_tokens, "new_tokens": res.new_tokens, "model": self.model,
+                 "template": self.template, "mode": self.gen.mode, "max_new_tokens": self.gen.max_new_tokens,
+                 "generation": self.settings, "seconds": per_row} for rec, res in zip(good, results)]
+        return rows, rejects
+
+
+# ---- command line ----------------------------------------------------------------------------
+def add_generation_args(p) -> None:
+    """The generation flags (one definition, reusable by any rewriting command)."""
+    from pez_core.rewrite.templates import TEMPLATES
+
+    p.add_argument("--model", default=None,
+                   help="Hugging Face id or local folder (default: alibaba-pai/pai-bloom-1b1-text2prompt-sd); "
+                        "every worker must be able to load it")
+    p.add_argument("--template", default="v1", choices=sorted(TEMPLATES),
+                   help="; ".join(f"{k}: {t.description}" for k, t in sorted(TEMPLATES.items())))
+    p.add_argument("--mode", default="greedy", choices=_MODES,
+                   help="decoding (default greedy)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on generated tokens (default 256)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="suppress EOS until this many tokens (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample: softmax temperature")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus mass in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help="sample: keep the k best tokens, 0 = off")
+    p.add_argument("--num-beams", type=int, default=4, help="beam: beams per prompt (>= 2)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (model card: 1.2)")
+    p.add_argument("--seed", type=int, default=None, help="sample: seed (mixed with each shard's name)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto (default: float32 on CPU)")
+
+
+def generation_config(args):
+    """The validated GenerationConfig of the flags above (a ValueError names the bad one)."""
+    from pez_core.rewrite.rewriter import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, mode=args.mode,
+                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                            num_beams=args.num_beams, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                            batch_size=args.batch_size)
+
+
+def build_job(args):
+    import dataclasses
+
+    from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
+
+    from .prompt_tables import find_tables, read_table
+    from .shard_job import ShardJob
+
+    gen = dataclasses.asdict(generation_config(args))
+    model = args.model or DEFAULT_MODEL_ID
+    settings = {"model": model, "template": args.template, "prompt_column": args.prompt_column,
+                "key_column": args.key_column, **{k: gen[k] for k in _GENERATION_KEYS}}
+    threads = args.threads or (1 if not args.gpus_per_actor else 0)
+    return ShardJob(
+        name="rewrite", processor=RewriteProcessor,
+        processor_kwargs={"model": model, "template": args.template, "generation": gen, "threads": threads,
+                          "device": args.device, "dtype": args.dtype},
+        row_schema=row_schema, settings=settings, reader=read_table,
+        reader_kwargs={"prompt_column": args.prompt_column, "key_column": args.key_column}, find=find_tables,
+    )
+
+
+def _check_paths(args) -> None:
+    """Refuse an output inside the input: its Parquet files would be read as input by the next run."""
+    from .cli import CLIError
+    from .storage import split_uri
+
+    (s_in, p_in), (s_out, p_out) = split_uri(args.input), split_uri(args.output)
+    if s_in == s_out and (p_out == p_in or p_out.startswith(p_in.rstrip("/") + "/")):
+        raise CLIError(f"--output {args.output} is inside --input {args.input}: choose an output elsewhere")
+
+
+def _check_model(model: str | None) -> None:
+    """A local model folder must hold config.json (checked here, not after Ray started the actors)."""
+    from pathlib import Path
+
+    from .cli import CLIError
+
+    if model and (model.startswith((".", "/", "~")) or Path(model).expanduser().exists()):
+        if not (Path(model).expanduser() / "config.json").is_file():
+            raise CLIError(f"--model {model}: no config.json there (not a saved causal LM folder)")
+
+
+def cmd_rewrite(args) -> int:
+    from .cli import CLIError
+    from .shard_job import JobConflict, ShardJobConfig, run_shard_job
+    from .shards import ShardError
+    from .storage import StorageError, StorageOptions
+
+    try:
+        _check_paths(args)
+        _check_model(args.model)
+        job = build_job(args)
+        cfg = ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
+                             cpus_per_actor=args.cpus_per_actor if args.cpus_per_actor is not None
+                             else (1.0 if args.gpus_per_actor else 0.5),
+                             gpus_per_actor=args.gpus_per_actor, input_format=args.format, address=args.address)
+        options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+        summary = run_shard_job(job, cfg, options)
+    except (ValueError, StorageError, ShardError, JobConflict) as e:
+        raise CLIError(str(e)) from e
+    return 0 if summary["complete"] else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "rewrite", help="prompt tables in storage -> rewritten prompts by a BeautifulPrompt LM on Ray (resumable)",
+        description="Rewrite every prompt of Parquet / CSV / JSON Lines tables (local or s3://; e.g. DiffusionDB "
+                    "metadata) with a causal LM on a Ray actor pool, one output file per input file; bad rows "
+                    "become rejects with a reason. Rerun the same command to resume. Without --address a local "
+                    "Ray is started.")
+    p.add_argument("--input", required=True, metavar="URI", help="table file, or folder / s3://bucket/prefix of them")
+    p.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
+    p.add_argument("--format", default="auto", choices=("auto", "parquet", "csv", "jsonl"),
+                   help="input format (auto: by extension .parquet, .csv, .jsonl/.ndjson, optionally .gz/.zst)")
+    p.add_argument("--prompt-column", default="prompt", help="column / JSON field of the prompts (default: prompt)")
+    p.add_argument("--key-column", metavar="KEY",
+                   help="column of unique row keys (e.g. image_name); default: <file>:<row index>")
+    add_generation_args(p)
+    p.add_argument("--actors", type=int, default=1, help="actor pool size: one model per actor (one per GPU)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")
+    p.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs reserved per actor (default 0.5 on CPU, 1 with GPUs; keep reads from starving)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default 1 on CPU)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (e.g. auto, ray://head:10001); "
+                                                     "default: start a local Ray")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
+    p.add_argument("--credentials", choices=("forward", "worker"), default="forward",
+                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+    p.set_defaults(func=cmd_rewrite)
