@@ -230,8 +230,9 @@ def publish(checkpoint, out, job, workers: int, name: str) -> dict:
     last = rows[-1] if rows else {}
     return {
         "stage": job.stage, "steps": progress["step"], "workers": workers, "world_size": progress["world_size"],
-        "attempt_start_steps": progress["starts"], "model": out.child("model").uri, "metrics": out.child("metrics.csv").uri,
-        "checkpoints": f"{out.child('checkpoints').uri}/{name}", "final": {k: v for k, v in last.items() if k != "sample"},
+        "attempt_start_steps": progress["starts"], "model": out.child("model").uri,
+        "metrics": out.child("metrics.csv").uri, "checkpoints": f"{out.child('checkpoints').uri}/{name}",
+        "final": {k: v for k, v in last.items() if k != "sample"},
     }
 
 

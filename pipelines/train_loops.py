@@ -54,22 +54,25 @@ class TrainJob:
 
 
 # ---- helpers shared by the stages -----------------------------------------------------------------
+_DOWNLOADED: dict[str, str] = {}  # s3 URI -> local copy, per worker process
+
+
 def _local_folder(uri: str, options: StorageOptions) -> str:
     """A local folder for a model URI: s3:// folders are downloaded once per process; others pass through."""
     if not uri.startswith(("s3://", "s3a://")):
         return uri
-    cache = Path(tempfile.gettempdir()) / "promptmine-models" / uri.replace("://", "_").replace("/", "_")
-    if not (cache / ".complete").exists():
-        files = options.resolve(uri).list_files()
+    if uri not in _DOWNLOADED:
+        root = options.resolve(uri)
+        files = root.list_files()
         if not files:
             raise FileNotFoundError(f"{uri}: no files (expected a saved model folder)")
-        root = options.resolve(uri)
+        folder = Path(tempfile.mkdtemp(prefix="promptmine-model-"))
         for loc, _ in files:
-            target = cache / loc.relative_to(root)
+            target = folder / loc.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(loc.read_bytes())
-        (cache / ".complete").touch()
-    return str(cache)
+        _DOWNLOADED[uri] = str(folder)
+    return _DOWNLOADED[uri]
 
 
 def read_table(uri: str, options: StorageOptions, columns=None):
@@ -248,7 +251,8 @@ def sft_loop(config: dict) -> None:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(source).to(run.device)
-    dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template, cfg.max_length)
+    dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template,
+                          cfg.max_length)
     collate = PadCollator(tokenizer.pad_token_id)
 
     def evaluate(m):
@@ -348,7 +352,8 @@ def ppo_loop(config: dict) -> None:
         for j in range(step * cfg.rollouts_per_step, (step + 1) * cfg.rollouts_per_step):
             epoch, i = divmod(j, len(rows))
             if epoch not in orders:
-                orders[epoch] = random.Random(job.seed * 100003 + epoch * 7919 + run.rank).sample(range(len(rows)), len(rows))
+                rng = random.Random(job.seed * 100003 + epoch * 7919 + run.rank)
+                orders[epoch] = rng.sample(range(len(rows)), len(rows))
             out.append(rows[orders[epoch][i]])
         return out
 

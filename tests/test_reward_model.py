@@ -24,6 +24,15 @@ SUBJECTS = ["a cat", "a dog", "a castle", "a robot", "a fox", "a ship", "a drago
 STYLES = ["highly detailed", "artstation", "8k", "concept art", "sharp focus", "octane render", "masterpiece"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def synthetic_rows(n, seed):
     """Prompts with 0..6 style tags; the score grows with the number of tags (plus a little noise)."""
     rng = random.Random(seed)

@@ -19,6 +19,14 @@ PAIRS = [
     ("a dragon", "a dragon in space, trending on artstation, [smooth], photorealistic"),
 ]
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_lm_dir):

@@ -237,7 +237,8 @@ class PPOTrainer:
 
     def __init__(self, policy: nn.Module, ref_model: nn.Module, tokenizer, reward_fn: RewardFn,
                  cfg: PPOConfig, optimizer: torch.optim.Optimizer | None = None):
-        self.policy, self.ref_model, self.tokenizer, self.reward_fn, self.cfg = policy, ref_model, tokenizer, reward_fn, cfg
+        self.policy, self.ref_model, self.tokenizer = policy, ref_model, tokenizer
+        self.reward_fn, self.cfg = reward_fn, cfg
         self.ref_model.eval().requires_grad_(False)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")

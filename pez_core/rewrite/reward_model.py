@@ -63,7 +63,8 @@ class RewardConfig:
         if self.kind not in KINDS:
             raise ValueError(f"unknown reward model kind {self.kind!r}; valid: {', '.join(KINDS)}")
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"need lr > 0, epochs >= 1, batch_size >= 1; got {self.lr}, {self.epochs}, {self.batch_size}")
+            raise ValueError(f"need lr > 0, epochs >= 1, batch_size >= 1; "
+                             f"got {self.lr}, {self.epochs}, {self.batch_size}")
         if self.max_length < 4:
             raise ValueError(f"max_length must be >= 4 tokens, got {self.max_length}")
 
