@@ -70,6 +70,7 @@ class ShardJobConfig:
     input_format: str = "auto"  # auto | webdataset | parquet | folder
     address: str | None = None  # Ray address; None starts a local Ray for this job
     progress_interval: float = 2.0  # seconds between progress lines
+    max_shard_retries: int = 3  # retries of a shard whose actor died (a poison shard must not loop forever)
 
     def __post_init__(self):
         if self.actors < 1:
@@ -255,6 +256,7 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
         batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
         compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+        max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
     )
     yield from ds.iter_rows()
 
@@ -281,6 +283,9 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
                                 failed=bool(result["error"]))
+        except Exception as e:  # noqa: BLE001 -- e.g. a shard that kept killing its actor: finished shards stay done
+            log.error("%s: the Ray job stopped: %s", job.name, e)
+            failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
         finally:
             if started:
                 import ray
@@ -303,6 +308,7 @@ def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> 
         for reason, n in s.get("reject_reasons", {}).items():
             reasons[reason] = reasons.get(reason, 0) + n
     complete = len(stats) == len(shards)
+    n_failed = sum(1 for f in failed if f["shard"] != "*")  # "*": the whole Ray job stopped
     if progress.total_shards == 0:
         status = f"nothing to do: all {len(shards)} shards were already done"
     else:
@@ -310,8 +316,8 @@ def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> 
     return {
         "job": job.name, "status": status, "complete": complete,
         "input": cfg.input_uri, "output": cfg.output_uri,
-        "shards": {"total": len(shards), "done": len(stats), "failed": len(failed),
-                   "processed_this_run": progress.shards - len(failed), "skipped_already_done": skipped},
+        "shards": {"total": len(shards), "done": len(stats), "failed": n_failed,
+                   "processed_this_run": progress.shards - n_failed, "skipped_already_done": skipped},
         "totals": totals,
         "this_run": {"records": progress.records, "rejects": progress.rejects, "seconds": round(progress.elapsed, 3),
                      "images_per_s": round(progress.rate, 3)},

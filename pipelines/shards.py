@@ -62,13 +62,13 @@ def find_shards(root: Location, fmt: str = "auto") -> list[Shard]:
     """The shards under ``root`` (a folder or prefix, or one shard file), sorted by id."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
-    files = root.list_files()
+    if root.exists() and not root.is_dir():  # one shard file
+        files = [(root, 0)]
+        root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
+    else:
+        files = root.list_files()
     if not files:
-        if root.exists():  # a single file
-            files = [(root, 0)]
-            root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
-        else:
-            raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
+        raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     tars, parquets, image_dirs = {}, {}, {}
     for loc, size in files:
         rel = loc.relative_to(root)

@@ -164,3 +164,11 @@ def test_unreadable_shard_fails_alone_and_a_rerun_retries_it(ray_cluster, tmp_pa
     assert summary["shards"]["processed_this_run"] == 2 and summary["shards"]["skipped_already_done"] == 2
     rows = pd.read_parquet(tmp_path / "out" / "rows")
     assert sorted(rows["key"]) == sorted(f"{s:05d}{i:04d}" for s in range(4) for i in range(2))
+
+
+def test_one_shard_file_as_input(ray_cluster, tmp_path):
+    shard = tmp_path / "only.tar"
+    shard.write_bytes(webdataset_bytes(sample_records(7, 2, size=32)))
+    assert main(["mine", "--input", str(shard), "--output", str(tmp_path / "out"), *FAST]) == 0
+    rows = pd.read_parquet(tmp_path / "out" / "rows" / "only.parquet")
+    assert sorted(rows["key"]) == ["000070000", "000070001"] and set(rows["shard"]) == {"only"}
