@@ -75,8 +75,9 @@ class _Batched:
         log.info("%s: max_batch_size=%d batch_wait_timeout_s=%s", type(self).__name__, s.max_batch_size,
                  s.batch_wait_timeout_s)
 
-    def stats(self) -> dict:
-        return {**self.batch_stats.snapshot(), **self.settings.model_dump()}
+    def describe(self) -> dict:
+        """What GET /v1/models shows: the model, its batch settings and the batch sizes it served."""
+        return {**self.info(), "stats": {**self.batch_stats.snapshot(), **self.settings.model_dump()}}
 
 
 # ---- rewrite -------------------------------------------------------------------------------------

@@ -49,9 +49,11 @@ class ModelCaller:
     def __init__(self, handle, name: str):
         self.handle, self.name = handle, name
 
-    async def __call__(self, method: str, timeout: float, retry_after: int, **kwargs) -> dict:
-        deadline = time.time() + timeout
-        response = getattr(self.handle, method).remote(deadline=deadline, **kwargs)
+    async def __call__(self, method: str, timeout: float, retry_after: int, *, pass_deadline: bool = True,
+                       **kwargs) -> dict:
+        if pass_deadline:
+            kwargs["deadline"] = time.time() + timeout
+        response = getattr(self.handle, method).remote(**kwargs)
 
         async def result():
             return await response
@@ -115,15 +117,10 @@ def build_api(ing: Ingress) -> FastAPI:
 
     @api.get("/v1/models", summary="Models, limits and batching statistics")
     async def models() -> dict:
-        calls = [ing.rewrite_model.info.remote(), ing.rewrite_model.stats.remote(),
-                 ing.invert_model.info.remote(), ing.invert_model.stats.remote()]
-        try:
-            r_info, r_stats, i_info, i_stats = await asyncio.wait_for(_gather(calls), 10)
-        except asyncio.TimeoutError:
-            raise ApiError(503, "the models did not answer within 10 s", type="unavailable",
-                           headers={"Retry-After": "5"}) from None
-        return {"rewrite": {**r_info, "stats": r_stats}, "invert": {**i_info, "stats": i_stats},
-                "limits": ing.limits.model_dump(), "auth": ing.auth.enabled}
+        retry = ing.limits.retry_after_s
+        rewrite, invert = await asyncio.gather(ing.rewrite("describe", 10, retry, pass_deadline=False),
+                                               ing.invert("describe", 10, retry, pass_deadline=False))
+        return {"rewrite": rewrite, "invert": invert, "limits": ing.limits.model_dump(), "auth": ing.auth.enabled}
 
     @api.post("/v1/rewrite", response_model=RewriteResponse, responses=_ERRORS,
               summary="Rewrite plain prompts into detailed text-to-image prompts")
@@ -151,13 +148,6 @@ def build_api(ing: Ingress) -> FastAPI:
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
     return api
-
-
-async def _gather(responses):
-    async def one(r):
-        return await r
-
-    return await asyncio.gather(*(one(r) for r in responses))
 
 
 # ---- request checks ------------------------------------------------------------------------------
