@@ -16,11 +16,11 @@ FAST = ["--steps", "3", "--prompt-len", "4", "--batch-size", "4", "--actors", "1
 ROW_COLUMNS = ["key", "shard", "caption", "prompt", "token_ids", "cosine", "model", "steps", "best_step", "seconds"]
 
 
-def put_shards(server, bucket, prefix, shards, fmt="webdataset", per_shard=3, bad_shard=None):
+def put_shards(server, bucket, prefix, shards, fmt="webdataset", per_shard=3, bad_shard=None, start=0):
     """Upload sample shards through boto3 (not our code); returns {key: caption} of every record."""
     client = server.client()
     expected = {}
-    for s in range(shards):
+    for s in range(start, start + shards):
         records = sample_records(s, per_shard, bad=(s == bad_shard), size=48)
         body, ext = (webdataset_bytes(records), "tar") if fmt == "webdataset" else (parquet_bytes(records), "parquet")
         client.put_object(Bucket=bucket, Key=f"{prefix}/{s:05d}.{ext}", Body=body)
@@ -39,9 +39,10 @@ def read_output(uri):
     return rows, rejects, stats, summary
 
 
-def test_webdataset_from_s3_to_s3_with_bad_records(ray_cluster, s3_env, capsys):
+def test_webdataset_and_parquet_from_s3_to_s3_with_bad_records(ray_cluster, s3_env, capsys):
     bucket = s3_env.make_bucket("mine-wds")
-    expected = put_shards(s3_env, bucket, "in", shards=3, per_shard=3, bad_shard=1)
+    expected = put_shards(s3_env, bucket, "in", shards=2, per_shard=3, bad_shard=1)  # 00000.tar, 00001.tar
+    expected.update(put_shards(s3_env, bucket, "in", shards=1, fmt="parquet", per_shard=3, bad_shard=2, start=2))
     assert main(["mine", "--input", f"s3://{bucket}/in", "--output", f"s3://{bucket}/out", *FAST]) == 0
     text = capsys.readouterr()
     rows, rejects, stats, summary = read_output(f"s3://{bucket}/out")
@@ -51,20 +52,23 @@ def test_webdataset_from_s3_to_s3_with_bad_records(ray_cluster, s3_env, capsys):
     assert rows["token_ids"].map(len).between(1, 4).all() and rows["cosine"].dtype == "float32"
     assert (rows["steps"] == 3).all() and (rows["model"] == "tiny").all() and (rows["seconds"] > 0).all()
     assert list(rejects.columns) == ["key", "shard", "reason"]
-    # every record exactly once: 9 good rows, 3 rejects with their reasons, all in shard 00001
+    # every record exactly once: 9 good rows, 3 rejects in tar 00001 and 3 in Parquet 00002
     assert sorted(rows["key"]) == sorted(k for k in expected if not k.endswith(("9997", "9998", "9999")))
     assert rows["key"].is_unique and (rows["caption"] == rows["key"].map(expected)).all()
     reasons = dict(zip(rejects["key"], rejects["reason"]))
     assert reasons["000019997"].startswith("corrupt or truncated image")
     assert reasons["000019998"] == "not an image (unrecognised format)"
     assert reasons["000019999"] == "no image member (has: txt)"
-    assert set(rejects["shard"]) == {"00001"}
+    assert reasons["000029997"].startswith("corrupt or truncated image")
+    assert reasons["000029999"] == "no image bytes (status: failed_to_download)"  # img2dataset's failed download
+    assert sorted(rejects["shard"]) == ["00001"] * 3 + ["00002"] * 3
     # markers per shard with balanced counts, and the summary says so
     assert sorted(stats) == ["00000_stats.json", "00001_stats.json", "00002_stats.json"]
     assert stats["00001_stats.json"]["records"] == 6 and stats["00001_stats.json"]["rejects"] == 3
-    assert summary["complete"] and summary["totals"] == {"records": 12, "rows": 9, "rejects": 3, "balanced": True}
+    assert stats["00002_stats.json"]["format"] == "parquet" and stats["00002_stats.json"]["rows"] == 3
+    assert summary["complete"] and summary["totals"] == {"records": 15, "rows": 9, "rejects": 6, "balanced": True}
     assert summary["shards"]["processed_this_run"] == 3 and summary["storage"]["credentials"] == "forwarded"
-    assert "12 in = 9 rows + 3 rejects" in text.out and "3/3 shards" in text.err
+    assert "15 in = 9 rows + 6 rejects" in text.out and "3/3 shards" in text.err
     # secrets never written or printed
     blob = json.dumps([summary, stats]) + text.out + text.err
     assert s3_env.secret_key not in blob and s3_env.access_key not in blob
@@ -85,19 +89,6 @@ def test_webdataset_from_s3_to_s3_with_bad_records(ray_cluster, s3_env, capsys):
     assert main(["mine", "--input", f"s3://{bucket}/in", "--output", f"s3://{bucket}/out",
                  *FAST[:-6], "--steps", "5", "--prompt-len", "4"]) == 2
     assert "settings.steps: 3 there vs 5 now" in capsys.readouterr().err
-
-
-def test_parquet_shards_from_s3_img2dataset_style(ray_cluster, s3_env):
-    bucket = s3_env.make_bucket("mine-parquet")
-    expected = put_shards(s3_env, bucket, "pq", shards=2, fmt="parquet", per_shard=4, bad_shard=0)
-    assert main(["mine", "--input", f"s3://{bucket}/pq", "--output", f"s3://{bucket}/prompts", *FAST]) == 0
-    rows, rejects, stats, summary = read_output(f"s3://{bucket}/prompts")
-    assert sorted(rows["key"]) == sorted(k for k in expected if not k.startswith("00000999"))
-    assert sorted(rejects["key"]) == ["000009997", "000009998", "000009999"]
-    # a failed download (null image) keeps its img2dataset status in the reason
-    assert dict(zip(rejects["key"], rejects["reason"]))["000009999"] == "no image bytes (status: failed_to_download)"
-    assert summary["totals"] == {"records": 11, "rows": 8, "rejects": 3, "balanced": True}
-    assert sorted(stats) == ["00000_stats.json", "00001_stats.json"]
 
 
 def test_folder_of_images_local_and_key_seeds_independent_of_batching(ray_cluster, tmp_path):
