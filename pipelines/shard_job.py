@@ -96,15 +96,25 @@ def marker_file(out: Location, shard_id: str) -> Location:
     return out.child("stats", f"{shard_id}{MARKER_SUFFIX}")
 
 
-def done_shards(out: Location) -> dict[str, dict]:
-    """shard id -> its stats, for every shard with a done marker."""
+def done_shard_ids(out: Location) -> dict[str, Location]:
+    """shard id -> its marker, for every shard with a done marker (one listing, no reads)."""
     stats_dir = out.child("stats")
     done = {}
     for loc, _ in stats_dir.list_files():
         rel = loc.relative_to(stats_dir)
         if rel.endswith(MARKER_SUFFIX):
-            done[rel[: -len(MARKER_SUFFIX)]] = json.loads(loc.read_text())
+            done[rel[: -len(MARKER_SUFFIX)]] = loc
     return done
+
+
+def done_shards(out: Location, only: set[str] | None = None) -> dict[str, dict]:
+    """shard id -> its stats (markers read in parallel: a big job has many thousands)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    markers = {k: v for k, v in done_shard_ids(out).items() if only is None or k in only}
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        texts = pool.map(lambda loc: loc.read_text(), markers.values())
+        return {k: json.loads(t) for k, t in zip(markers, texts)}
 
 
 def _parquet_bytes(rows: list[dict], schema) -> bytes:
@@ -269,7 +279,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
     if len(set(ids)) != len(ids):
         raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
     check_manifest(out, job, cfg)
-    done = done_shards(out)
+    done = done_shard_ids(out)
     pending = [s for s in shards if s.id not in done]
     echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
          f"{len(pending)} to do")
@@ -298,9 +308,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
 
 
 def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> dict:
-    stats = done_shards(out)
-    known = {s.id for s in shards}
-    stats = {k: v for k, v in stats.items() if k in known}
+    stats = done_shards(out, only={s.id for s in shards})
     totals = {k: sum(s[k] for s in stats.values()) for k in ("records", "rows", "rejects")}
     totals["balanced"] = totals["records"] == totals["rows"] + totals["rejects"]
     reasons: dict[str, int] = {}
