@@ -12,7 +12,7 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 # Fixture modules shared by several test files (add new ones here).
-pytest_plugins = ["tests.fixtures_ray", "tests.fixtures_s3", "tests.fixtures_lm", "tests.fixtures_seaweed"]
+pytest_plugins = ["tests.fixtures_ray", "tests.fixtures_s3", "tests.fixtures_lm", "tests.fixtures_seaweed", "tests.fixtures_scoring"]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,31 @@
+"""Scoring images made from prompts, as the papers do: diffusers generation, CLIP image-image and
+text-image similarity (PEZ), PickScore and the LAION aesthetic predictor (BeautifulPrompt).
+
+    from pez_core.scoring import Generator, ClipScorer, PickScorer, AestheticScorer
+    gen = Generator("stabilityai/stable-diffusion-2-1-base", steps=25, guidance=9.0)
+    images = gen.generate(["a castle at dusk"] * 5, seeds=[0, 1, 2, 3, 4])
+    sims = ClipScorer().image_similarity(images, ClipScorer().image_features([target]))
+
+Plain torch (no Ray). Names are imported lazily so ``import pez_core.scoring`` loads nothing heavy.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "ClipScorer": "clip_score", "parse_clip_spec": "clip_score", "DEFAULT_REFERENCE_CLIP": "clip_score",
+    "PickScorer": "pickscore", "DEFAULT_PICKSCORE": "pickscore", "DEFAULT_PICKSCORE_PROCESSOR": "pickscore",
+    "AestheticMLP": "aesthetic", "AestheticScorer": "aesthetic", "load_aesthetic_mlp": "aesthetic",
+    "AestheticWeightsError": "aesthetic", "DEFAULT_AESTHETIC_CLIP": "aesthetic",
+    "GenerationConfig": "generate", "Generator": "generate",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'pez_core.scoring' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

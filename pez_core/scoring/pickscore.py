@@ -1,0 +1,68 @@
+"""PickScore (Kirstain et al. 2023): a CLIP-H/14 fine-tuned on human preferences.
+
+score(text, image) = logit_scale.exp() * cos(text features, image features), about 18 to 23 for real
+weights. The model is a transformers ``CLIPModel`` loaded by id or folder; its processor comes from the
+base CLIP it was fine-tuned from (PickScore's own repository ships no processor).
+
+Shapes: k texts and images, e projection width.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PICKSCORE = "yuvalkirstain/PickScore_v1"
+DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+def _features(out) -> torch.Tensor:
+    """transformers 5 returns an output object from get_*_features (projected features in pooler_output)."""
+    return out if torch.is_tensor(out) else out.pooler_output
+
+
+class PickScorer:
+    def __init__(self, model: str = DEFAULT_PICKSCORE, processor: str | None = DEFAULT_PICKSCORE_PROCESSOR,
+                 device: str | None = None, batch_size: int = 16):
+        from transformers import AutoProcessor, CLIPModel
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            self.processor = AutoProcessor.from_pretrained(processor or model)
+            self.model = CLIPModel.from_pretrained(model).to(self.device).eval().requires_grad_(False)
+        except OSError as e:
+            raise OSError(f"cannot load PickScore model {model!r} / processor {processor or model!r}: "
+                          f"{str(e).splitlines()[0]}") from e
+        self.name, self.batch_size = model, batch_size
+
+    @torch.no_grad()
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        inputs = self.processor(text=list(texts), padding=True, truncation=True, max_length=77, return_tensors="pt")
+        out = self.model.get_text_features(**{k: v.to(self.device) for k, v in inputs.items()})
+        return F.normalize(_features(out).float(), dim=-1)
+
+    @torch.no_grad()
+    def image_features(self, images: Sequence) -> torch.Tensor:
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        out = self.model.get_image_features(pixel_values=inputs["pixel_values"].to(self.device))
+        return F.normalize(_features(out).float(), dim=-1)
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str], images: Sequence) -> torch.Tensor:
+        """PickScore of (text i, image i), shape (k,)."""
+        if len(texts) != len(images):
+            raise ValueError(f"PickScore needs as many texts as images, got {len(texts)} and {len(images)}")
+        scale = self.model.logit_scale.exp().float()
+        scores = []
+        for i in range(0, len(texts), self.batch_size):
+            t = self.text_features(texts[i: i + self.batch_size])
+            im = self.image_features(images[i: i + self.batch_size])
+            scores.append(scale * (t * im).sum(-1))
+        return torch.cat(scores).cpu() if scores else torch.zeros(0)
