@@ -78,6 +78,7 @@ def load_config(path: Path, args, app_overrides: dict):
         raise CLIError(f"--config {path}: not a valid Serve config: {e}") from e
     for app in config.applications:
         app.args = {**(app.args or {}), **app_overrides}
+        apply_to_deployments(app, app_overrides)
         if app.import_path.replace(".", ":").endswith("serve:app:build_app"):
             try:
                 AppArgs.model_validate(app.args)
@@ -90,6 +91,29 @@ def load_config(path: Path, args, app_overrides: dict):
     if args.request_timeout_s:
         config.http_options.request_timeout_s = args.request_timeout_s
     return config
+
+
+def apply_to_deployments(app, app_overrides: dict) -> None:
+    """In a config, a deployment's own block (user_config, queue bounds) wins over ``args``: carry the
+    command line's overrides into those blocks too, so ``--set max_prompts=4`` means the same with
+    and without ``--config``."""
+    from serve.settings import Limits
+
+    batch = {"RewriteModel": {"rewrite_max_batch_size": "max_batch_size", "rewrite_batch_wait_s": "batch_wait_timeout_s"},
+             "InvertModel": {"invert_max_batch_size": "max_batch_size", "invert_batch_wait_s": "batch_wait_timeout_s"}}
+    for dep in app.deployments:
+        options = dep.model_dump(exclude_unset=True)
+        user_config = dict(options.get("user_config") or {})
+        if dep.name == "Ingress":
+            user_config.update({k: v for k, v in app_overrides.items() if k in Limits.model_fields})
+        else:
+            user_config.update({field: app_overrides[k] for k, field in batch.get(dep.name, {}).items()
+                                if k in app_overrides})
+            for key in ("num_replicas", "max_ongoing_requests", "max_queued_requests"):
+                if key in app_overrides and key in options:
+                    setattr(dep, key, int(app_overrides[key]))
+        if "user_config" in options:
+            dep.user_config = user_config
 
 
 def wait_running(names: list[str], timeout: float = 600) -> None:

@@ -1,0 +1,165 @@
+"""Loopback load test of the online API: N requests, C at a time, latency percentiles, throughput,
+status counts and the batch sizes the model saw. Prints JSON.
+
+    python bench/serve_load.py --requests 512 --concurrency 64 --compare-batch-size 1
+    python bench/serve_load.py --url http://127.0.0.1:8000 --requests 200 --concurrency 32   # a running app
+
+Without ``--url`` it starts a local Ray (2 CPUs), deploys the app with the tiny models (preset tiny:
+random BLOOM and CLIP built offline) on a free 127.0.0.1 port, runs the load, and with
+``--compare-batch-size B`` redeploys with ``rewrite_max_batch_size=B`` and runs the same load again.
+Every rewrite generates exactly ``--new-tokens`` tokens (min_new_tokens = max_new_tokens), so each
+request is the same work whatever the random model would emit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def load(url: str, n: int, concurrency: int, body_for, headers: dict, timeout: float) -> dict:
+    import httpx
+
+    latencies, statuses, batch_sizes = [], Counter(), Counter()
+    queue = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def worker(client):
+        while not queue.empty():
+            i = queue.get_nowait()
+            start = time.perf_counter()
+            try:
+                r = await client.post("/v1/rewrite", json=body_for(i))
+                statuses[str(r.status_code)] += 1
+                if r.status_code == 200:
+                    batch_sizes[r.json()["batch_size"]] += 1
+            except httpx.TimeoutException:
+                statuses["client_timeout"] += 1
+            except httpx.HTTPError as e:
+                statuses[f"client_error:{type(e).__name__}"] += 1
+            latencies.append(time.perf_counter() - start)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    ms = [x * 1000 for x in latencies]
+    return {"requests": n, "concurrency": concurrency, "wall_s": round(wall, 3),
+            "throughput_rps": round(n / wall, 2),
+            "latency_ms": {"p50": round(percentile(ms, 50), 1), "p95": round(percentile(ms, 95), 1),
+                           "p99": round(percentile(ms, 99), 1), "max": round(max(ms), 1),
+                           "mean": round(statistics.fmean(ms), 1)},
+            "status_counts": dict(sorted(statuses.items())),
+            "response_batch_size_histogram": {str(k): v for k, v in sorted(batch_sizes.items())}}
+
+
+def model_stats(url: str, headers: dict) -> dict:
+    import httpx
+
+    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["rewrite"]["stats"]
+
+
+def histogram_delta(before: dict, after: dict) -> dict:
+    b, a = Counter(before["batch_size_histogram"]), Counter(after["batch_size_histogram"])
+    return {k: v for k, v in sorted((a - b).items(), key=lambda kv: int(kv[0]))}
+
+
+def run_load(url: str, args, headers: dict) -> dict:
+    body = lambda i: {"prompt": f"a lighthouse number {i} at sunset", "max_new_tokens": args.new_tokens,  # noqa: E731
+                      "min_new_tokens": args.new_tokens}
+    asyncio.run(load(url, min(8, args.requests), min(8, args.concurrency), body, headers, args.timeout))  # warm up
+    before = model_stats(url, headers)
+    result = asyncio.run(load(url, args.requests, args.concurrency, body, headers, args.timeout))
+    after = model_stats(url, headers)
+    result["max_batch_size"] = after["max_batch_size"]
+    result["model_batch_size_histogram"] = histogram_delta(before, after)
+    result["model_calls"] = after["batches"] - before["batches"]
+    result["server_errors_5xx"] = sum(v for k, v in result["status_counts"].items() if k.startswith("5"))
+    result["timeouts"] = sum(v for k, v in result["status_counts"].items() if k in ("504", "408", "client_timeout"))
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy(port: int, max_batch_size: int, args) -> str:
+    from ray import serve
+
+    from serve.app import build_app
+    from serve.settings import AppArgs
+
+    app_args = AppArgs(preset="tiny", rewrite_max_batch_size=max_batch_size,
+                       rewrite_batch_wait_s=args.batch_wait_s, torch_threads=args.threads,
+                       max_queued_requests=args.max_queued, auth_token_env="PROMPTMINE_BENCH_NO_TOKEN")
+    serve.run(build_app(app_args), name="bench", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", help="an app already running (default: deploy the tiny app locally)")
+    p.add_argument("--requests", type=int, default=512, help="requests to send (N)")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (C)")
+    p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per rewrite")
+    p.add_argument("--max-batch-size", type=int, default=32, help="rewrite max batch size of the local app")
+    p.add_argument("--compare-batch-size", type=int, help="also run with this max batch size (e.g. 1)")
+    p.add_argument("--batch-wait-s", type=float, default=0.02, help="rewrite batch wait of the local app")
+    p.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of the local app")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
+    p.add_argument("--timeout", type=float, default=60, help="client timeout per request, seconds")
+    args = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    headers = {"Authorization": f"Bearer {os.environ['PROMPTMINE_API_TOKEN']}"} if os.environ.get(
+        "PROMPTMINE_API_TOKEN") else {}
+
+    report = {"requests": args.requests, "concurrency": args.concurrency, "new_tokens": args.new_tokens, "runs": []}
+    if args.url:
+        report["runs"].append(run_load(args.url.rstrip("/"), args, headers))
+    else:
+        import ray
+        from ray import serve
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+        try:
+            for size in [args.max_batch_size] + ([args.compare_batch_size] if args.compare_batch_size else []):
+                url = deploy(port, size, args)
+                report["runs"].append(run_load(url, args, headers))
+                print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    if len(report["runs"]) == 2:
+        a, b = report["runs"]
+        report["throughput_ratio"] = round(a["throughput_rps"] / b["throughput_rps"], 2)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
