@@ -130,12 +130,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of the local app")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
     p.add_argument("--timeout", type=float, default=60, help="client timeout per request, seconds")
+    p.add_argument("--out", type=Path, help="also write the JSON report to this file")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     headers = {"Authorization": f"Bearer {os.environ['PROMPTMINE_API_TOKEN']}"} if os.environ.get(
         "PROMPTMINE_API_TOKEN") else {}
 
-    report = {"requests": args.requests, "concurrency": args.concurrency, "new_tokens": args.new_tokens, "runs": []}
+    report = {"requests": args.requests, "concurrency": args.concurrency, "new_tokens": args.new_tokens,
+              "load_average_before": [round(x, 1) for x in os.getloadavg()], "runs": []}
     if args.url:
         report["runs"].append(run_load(args.url.rstrip("/"), args, headers))
     else:
@@ -157,7 +159,11 @@ def main(argv=None) -> int:
     if len(report["runs"]) == 2:
         a, b = report["runs"]
         report["throughput_ratio"] = round(a["throughput_rps"] / b["throughput_rps"], 2)
-    print(json.dumps(report, indent=2))
+    report["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
+    text = json.dumps(report, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 

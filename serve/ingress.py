@@ -97,18 +97,29 @@ def _relative_path(scope) -> str:
     return path[len(root):] or "/" if root and path.startswith(root) else path
 
 
+class AuthGate:
+    """ASGI middleware: the bearer-token check before routing and body parsing (plain ASGI: no
+    per-request task, unlike ``@app.middleware``)."""
+
+    def __init__(self, app, auth):
+        self.app, self.auth = app, auth  # auth: () -> BearerAuth
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), None)
+            try:
+                self.auth().check(_relative_path(scope), header)
+            except ApiError as e:
+                response = error_response(e.status, e.type, e.message, e.field, headers=e.headers)
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def build_api(ing: Ingress) -> FastAPI:
     api = FastAPI(title="promptmine", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(api)
 
-    @api.middleware("http")
-    async def authenticate(request: Request, call_next):
-        try:
-            ing.auth.check(_relative_path(request.scope), request.headers.get("authorization"))
-        except ApiError as e:
-            return error_response(e.status, e.type, e.message, e.field, headers=e.headers)
-        return await call_next(request)
-
+    api.add_middleware(AuthGate, auth=lambda: ing.auth)
     api.add_middleware(BodyLimit, limit=lambda: ing.limits.max_body_bytes)  # outermost: runs first
 
     @api.get("/healthz", summary="Liveness of the HTTP ingress")
