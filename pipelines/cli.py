@@ -19,6 +19,7 @@ JOB_MODULES = (
     "pipelines.rewrite_job",  # rewrite (Ray Data over prompt tables, resumable)
     "pipelines.train",  # train sft|reward|ppo (Ray Train)
     "pipelines.serve_cli",  # serve (Ray Serve online API)
+    "pipelines.eval_jobs",  # eval invert|rewrite, label (Ray Data, resumable)
 )
 
 

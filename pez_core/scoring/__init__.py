@@ -12,10 +12,10 @@ Plain torch (no Ray). Names are imported lazily so ``import pez_core.scoring`` l
 import importlib
 
 _EXPORTS = {
-    "ClipScorer": "clip_score", "parse_clip_spec": "clip_score", "DEFAULT_REFERENCE_CLIP": "clip_score",
-    "PickScorer": "pickscore", "DEFAULT_PICKSCORE": "pickscore", "DEFAULT_PICKSCORE_PROCESSOR": "pickscore",
+    "ClipScorer": "clip_score", "parse_clip_spec": "clip_score", "DEFAULT_REFERENCE_CLIP": "defaults",
+    "PickScorer": "pickscore", "DEFAULT_PICKSCORE": "defaults", "DEFAULT_PICKSCORE_PROCESSOR": "defaults",
     "AestheticMLP": "aesthetic", "AestheticScorer": "aesthetic", "load_aesthetic_mlp": "aesthetic",
-    "AestheticWeightsError": "aesthetic", "DEFAULT_AESTHETIC_CLIP": "aesthetic",
+    "AestheticWeightsError": "aesthetic", "DEFAULT_AESTHETIC_CLIP": "defaults",
     "GenerationConfig": "generate", "Generator": "generate",
 }
 __all__ = sorted(_EXPORTS)

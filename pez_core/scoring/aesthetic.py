@@ -15,9 +15,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .defaults import DEFAULT_AESTHETIC_CLIP  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_AESTHETIC_CLIP = "ViT-L-14/openai"
 HIDDEN = (1024, 128, 64, 16, 1)  # widths after the input
 LINEAR_INDICES = (0, 2, 4, 6, 7)  # positions of the Linear layers in the released nn.Sequential
 

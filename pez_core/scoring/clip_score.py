@@ -16,9 +16,10 @@ from typing import Sequence
 
 import torch
 
+from .defaults import DEFAULT_REFERENCE_CLIP  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_REFERENCE_CLIP = "ViT-g-14/laion2b_s34b_b88k"  # PEZ's reference model (OpenCLIP ViT-g)
 
 
 def parse_clip_spec(spec: str) -> tuple[str, str | None]:

@@ -14,10 +14,10 @@ from typing import Sequence
 
 import torch
 
+from .defaults import PEZ_GENERATOR, BEAUTIFULPROMPT_GENERATOR  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-PEZ_GENERATOR = "stabilityai/stable-diffusion-2-1-base"  # PEZ section 4.1: SD 2, guidance 9, 25 steps
-BEAUTIFULPROMPT_GENERATOR = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # BeautifulPrompt: SD 1.5, 20 steps
 
 
 @dataclass

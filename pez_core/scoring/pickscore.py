@@ -15,10 +15,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .defaults import DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PICKSCORE = "yuvalkirstain/PickScore_v1"
-DEFAULT_PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 def _features(out) -> torch.Tensor:

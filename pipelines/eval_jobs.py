@@ -1,0 +1,246 @@
+"""``promptmine eval invert|rewrite`` and ``promptmine label``: score prompts by the images they produce.
+
+    promptmine eval invert --input s3://b/mined --images s3://b/shards --output s3://b/eval-pez \
+        --baseline-column caption --actors 8 --gpus-per-actor 1 --address auto
+    promptmine eval rewrite --input s3://b/rewritten.parquet --output s3://b/eval-bp --aesthetic-weights sac.pth
+    promptmine label --input s3://b/pairs --output s3://b/labelled --aesthetic-weights sac.pth
+    promptmine train reward --data s3://b/labelled/rows ...
+
+Each job runs on the resumable shard machinery of ``mine`` (shard_job.py): one Parquet input file is
+one shard, rows/ rejects/ stats/ per shard, a rerun skips finished shards and refuses other settings.
+After the shards, the job reads its rows back and writes ``metrics.json`` (means with 95% confidence
+intervals; also added to summary.json) and prints it. The defaults are the papers' models:
+PEZ: SD 2.1-base, guidance 9, 25 steps, 5 seeds, reference CLIP ViT-g-14; BeautifulPrompt: SD 1.5,
+20 steps, PickScore_v1, the LAION aesthetic predictor on ViT-L/14 (its weights file must be given).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+TABLE_HELP = "Parquet file, folder of Parquet files (one shard each), or a job output folder (its rows/)"
+
+
+# ---- running -----------------------------------------------------------------------------------------
+def run_job(job, args, metrics_fn, echo=print) -> int:
+    """Run (or resume) a shard job, then compute metrics over all its rows; exit status 0 iff complete."""
+    from .cli import CLIError
+    from .eval_common import shard_job_config
+    from .shard_job import JobConflict, run_shard_job
+    from .shards import ShardError
+    from .storage import StorageError
+
+    try:
+        summary = run_shard_job(job, shard_job_config(args), job_options(args), echo=echo)
+        out = job_options(args).resolve(args.output)
+        if summary["totals"]["rows"]:
+            import pyarrow.dataset as pads
+
+            columns = [c for c in job.row_schema().names if not c.endswith("image")]
+            df = pads.dataset(out.child("rows").path, filesystem=out.fs, format="parquet").to_table(
+                columns=columns).to_pandas()
+            summary["metrics"] = metrics_fn(df)
+            out.child("metrics.json").write_text(json.dumps(summary["metrics"], indent=1))
+            out.child("summary.json").write_text(json.dumps(summary, indent=1))
+            echo(format_metrics(summary["metrics"]))
+    except (ValueError, StorageError, ShardError, JobConflict, OSError) as e:
+        raise CLIError(str(e)) from e
+    return 0 if summary["complete"] else 1
+
+
+def job_options(args):
+    from .storage import StorageOptions
+
+    if not hasattr(args, "_options"):
+        args._options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+    return args._options
+
+
+def format_metrics(metrics: dict, prefix: str = "") -> str:
+    """Nested metrics -> aligned lines 'name  mean [lo, hi] (n=..)'."""
+    from .eval_common import format_ci
+
+    lines = [] if prefix else ["metrics (mean [95% CI]):"]
+    for name, value in metrics.items():
+        if isinstance(value, dict) and "mean" in value:
+            extra = f"  win rate {value['win_rate']:.2f}" if value.get("win_rate") is not None else ""
+            lines.append(f"  {prefix + name:<44} {format_ci(value)}{extra}")
+        elif isinstance(value, dict):
+            lines.append(format_metrics(value, f"{prefix}{name}."))
+    return "\n".join(lines)
+
+
+def _threads(args) -> int:
+    return args.threads or (1 if not args.gpus_per_actor else 0)
+
+
+def _check_columns(args, needed: list[str], find) -> None:
+    from .cli import CLIError
+    from .eval_common import table_columns
+
+    root = job_options(args).resolve(args.input)
+    names = table_columns(find(root, "parquet"), root)
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise CLIError(f"{args.input}: no column(s) {', '.join(missing)} (columns: {', '.join(names)})")
+
+
+# ---- eval invert -------------------------------------------------------------------------------------
+def cmd_invert(args) -> int:
+    from .cli import CLIError
+    from .eval_common import find_tables, generation_settings
+    from .eval_invert import InvertEvalProcessor, image_shards, metrics, read_mined, schema_for
+    from .shard_job import ShardJob
+
+    baselines = list(dict.fromkeys(args.baseline_column))
+    bad = [b for b in baselines if b in ("key", "shard", "prompt", "seconds", "image", "target_image")
+           or b == args.prompt_column]
+    if bad:
+        raise CLIError(f"--baseline-column {bad[0]!r} clashes with an output column; rename it")
+    try:
+        generation = generation_settings(args)
+        _check_columns(args, [args.prompt_column, *baselines], find_tables)
+        images = image_shards(job_options(args).resolve(args.images))
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    settings = {"generation": generation, "reference_clip": args.reference_clip, "seeds": seeds,
+                "prompt_column": args.prompt_column, "baselines": baselines, "images": args.images}
+    job = ShardJob(
+        name="eval-invert", processor=InvertEvalProcessor,
+        processor_kwargs={"generation": generation, "reference_clip": args.reference_clip, "seeds": seeds,
+                          "prompt_column": args.prompt_column, "baselines": baselines,
+                          "batch_rows": args.batch_rows, "threads": _threads(args), "device": args.device},
+        row_schema=schema_for(tuple(baselines)), settings=settings, reader=read_mined,
+        reader_kwargs={"images": images, "prompt_column": args.prompt_column, "baselines": baselines,
+                       "image_column": args.image_column},
+        find=find_tables)
+    return run_job(job, args, lambda df: metrics(df, baselines))
+
+
+# ---- eval rewrite and label --------------------------------------------------------------------------
+def _scorer_kwargs(args, clip: str | None) -> dict:
+    from .cli import CLIError
+
+    if not args.aesthetic_weights:
+        raise CLIError("--aesthetic-weights PATH is required: the LAION predictor's weights file "
+                       "(sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor)")
+    return {"pickscore": args.pickscore, "pickscore_processor": args.pickscore_processor,
+            "aesthetic_weights": args.aesthetic_weights, "aesthetic_clip": args.aesthetic_clip, "clip": clip}
+
+
+def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None):
+    from .cli import CLIError
+    from .eval_common import find_tables, generation_settings, read_table
+    from .shard_job import ShardJob
+
+    try:
+        generation = generation_settings(args)
+        _check_columns(args, [args.raw_column, args.prompt_column], find_tables)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    scorer = {**_scorer_kwargs(args, clip), "generation": generation, "seeds": seeds,
+              "threads": _threads(args), "device": args.device}
+    settings = {k: v for k, v in scorer.items() if k not in ("threads", "device")}
+    settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column, **extra})
+    return ShardJob(
+        name=name, processor=processor,
+        processor_kwargs={"scorer": scorer, "raw_column": args.raw_column, "prompt_column": args.prompt_column,
+                          "batch_rows": args.batch_rows, **extra},
+        row_schema=schema, settings=settings, reader=read_table,
+        reader_kwargs={"text_columns": [args.raw_column, args.prompt_column]}, find=find_tables)
+
+
+def cmd_rewrite(args) -> int:
+    from .eval_rewrite import RewriteEvalProcessor, rewrite_metrics, rewrite_schema
+
+    job = _table_job(args, "eval-rewrite", RewriteEvalProcessor, rewrite_schema, {}, args.clip_score_model)
+    return run_job(job, args, rewrite_metrics)
+
+
+def cmd_label(args) -> int:
+    from .eval_rewrite import LabelProcessor, label_metrics, label_schema
+
+    job = _table_job(args, "label", LabelProcessor, label_schema, {"judge": args.judge}, None)
+    status = run_job(job, args, label_metrics)
+    print(f"reward-model data: promptmine train reward --data {args.output.rstrip('/')}/rows ...")
+    return status
+
+
+# ---- command line ------------------------------------------------------------------------------------
+def _io_args(p, input_help: str) -> None:
+    p.add_argument("--input", required=True, metavar="URI", help=input_help)
+    p.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
+    p.add_argument("--batch-rows", type=int, default=4, help="rows scored together on one actor")
+
+
+def _bp_scorer_args(p) -> None:
+    from pez_core.scoring.defaults import DEFAULT_AESTHETIC_CLIP
+    from pez_core.scoring.defaults import DEFAULT_PICKSCORE, DEFAULT_PICKSCORE_PROCESSOR
+
+    s = p.add_argument_group("scorers")
+    s.add_argument("--pickscore", default=DEFAULT_PICKSCORE, metavar="ID_OR_PATH",
+                   help=f"PickScore CLIPModel (transformers) (default {DEFAULT_PICKSCORE})")
+    s.add_argument("--pickscore-processor", default=DEFAULT_PICKSCORE_PROCESSOR, metavar="ID_OR_PATH",
+                   help=f"its processor (default {DEFAULT_PICKSCORE_PROCESSOR})")
+    s.add_argument("--aesthetic-weights", metavar="PATH", help="LAION aesthetic MLP weights file (.pth; required)")
+    s.add_argument("--aesthetic-clip", default=DEFAULT_AESTHETIC_CLIP, metavar="CLIP",
+                   help=f"CLIP under the aesthetic MLP: name/tag, preset or folder (default {DEFAULT_AESTHETIC_CLIP})")
+    p.add_argument("--raw-column", default="raw_prompt", help="column of the raw (user) prompt")
+    p.add_argument("--prompt-column", default="prompt", help="column of the rewritten / high-quality prompt")
+
+
+def register(sub) -> None:
+    from pez_core.scoring.defaults import DEFAULT_CLIP_SCORE_MODEL, DEFAULT_REFERENCE_CLIP
+    from pez_core.scoring.defaults import BEAUTIFULPROMPT_GENERATOR, PEZ_GENERATOR
+
+    from .eval_common import add_generation_args, add_ray_args
+
+    ev = sub.add_parser("eval", help="score prompts by the images they produce (PEZ / BeautifulPrompt protocols)",
+                        description="Evaluation jobs on Ray Data (resumable, per-shard output, metrics.json).")
+    evsub = ev.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+
+    inv = evsub.add_parser(
+        "invert", help="PEZ protocol: mined prompts -> images over N seeds -> reference-CLIP similarity to targets",
+        description="For each mined prompt (and each --baseline-column), generate --seeds images and score the "
+                    "reference CLIP's cosine to the row's target image, found by shard id and key in --images.")
+    _io_args(inv, "mined prompts: a `promptmine mine` output folder (or Parquet with key + prompt columns)")
+    inv.add_argument("--images", required=True, metavar="URI", help="the image shards the prompts were mined from")
+    inv.add_argument("--image-column", help="Parquet image-bytes column of the image shards (default: auto)")
+    inv.add_argument("--prompt-column", default="prompt", help="column of the prompt to evaluate")
+    inv.add_argument("--baseline-column", action="append", default=[], metavar="COLUMN",
+                     help="another prompt column scored the same way (e.g. caption); repeatable")
+    inv.add_argument("--reference-clip", default=DEFAULT_REFERENCE_CLIP, metavar="CLIP",
+                     help=f"reference CLIP: open_clip name/tag, preset or folder (default {DEFAULT_REFERENCE_CLIP})")
+    add_generation_args(inv, PEZ_GENERATOR, steps=25, guidance=9.0, size=None, seeds=5)
+    add_ray_args(inv)
+    inv.set_defaults(func=cmd_invert)
+
+    rw = evsub.add_parser(
+        "rewrite", help="BeautifulPrompt protocol: raw vs rewritten prompt -> PickScore, aesthetic, CLIP score",
+        description="Generate images from the raw and the rewritten prompt with the same seeds and score both "
+                    "against the RAW prompt: PickScore, LAION aesthetic score, CLIP score.")
+    _io_args(rw, f"prompt pairs: {TABLE_HELP}")
+    _bp_scorer_args(rw)
+    rw.add_argument("--clip-score-model", default=DEFAULT_CLIP_SCORE_MODEL, metavar="CLIP",
+                    help=f"CLIP for the text-image CLIP score (default {DEFAULT_CLIP_SCORE_MODEL})")
+    add_generation_args(rw, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=1)
+    add_ray_args(rw)
+    rw.set_defaults(func=cmd_rewrite)
+
+    lb = sub.add_parser(
+        "label", help="pick_score + aesthetic_score labels for prompt pairs (reward-model data, Ray)",
+        description="For each (raw_prompt, prompt) pair, generate --seeds images from the prompt and average "
+                    "PickScore (against the raw prompt) and the aesthetic score: the columns "
+                    "`promptmine train reward --data OUTPUT/rows` reads.")
+    _io_args(lb, f"prompt pairs: {TABLE_HELP}")
+    _bp_scorer_args(lb)
+    lb.add_argument("--judge", choices=("raw", "prompt"), default="raw",
+                    help="text PickScore compares each image with (BeautifulPrompt: the raw prompt)")
+    add_generation_args(lb, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=8)
+    add_ray_args(lb)
+    lb.set_defaults(func=cmd_label)
