@@ -27,10 +27,10 @@ def find_tables(root: Location, fmt: str = "auto") -> list[Shard]:
     """Parquet files under ``root`` (or ``root/rows`` of a job output, or ``root`` itself), sorted by id."""
     if fmt not in ("auto", "parquet"):
         raise ValueError(f"prompt tables are Parquet; --format {fmt!r} is not supported here")
+    if root.uri.endswith(".parquet") and root.exists() and not root.is_dir():  # one table file
+        return [Shard(posixpath.basename(root.uri)[: -len(".parquet")], root.uri, "parquet", 0)]
     files = root.list_files()
     if not files:
-        if root.exists() and root.uri.endswith(".parquet"):
-            return [Shard(posixpath.basename(root.uri)[: -len(".parquet")], root.uri, "parquet", 0)]
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     rels = [(loc, size, loc.relative_to(root)) for loc, size in files]
     if any(rel.startswith("rows/") for _, _, rel in rels):  # a job output folder: its rows are the table

@@ -128,6 +128,12 @@ def _scorer_kwargs(args, clip: str | None) -> dict:
     if not args.aesthetic_weights:
         raise CLIError("--aesthetic-weights PATH is required: the LAION predictor's weights file "
                        "(sac+logos+ava1-l14-linearMSE.pth from christophschuhmann/improved-aesthetic-predictor)")
+    from pez_core.scoring.aesthetic import AestheticWeightsError, load_aesthetic_mlp
+
+    try:  # fail on the driver, before any actor starts (the widths are checked again against the CLIP)
+        load_aesthetic_mlp(args.aesthetic_weights)
+    except AestheticWeightsError as e:
+        raise CLIError(str(e)) from e
     return {"pickscore": args.pickscore, "pickscore_processor": args.pickscore_processor,
             "aesthetic_weights": args.aesthetic_weights, "aesthetic_clip": args.aesthetic_clip, "clip": clip}
 
