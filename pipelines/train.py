@@ -133,7 +133,16 @@ def build_job(args):
     if args.inject_failure:
         step, _, marker = args.inject_failure.partition(":")
         inject = (int(step), marker)
-    options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+    # Ray workers run in another directory: make local paths absolute here (hub ids stay as they are).
+    for name in ("data", "output", "model", "ref_model", "reward_ps", "reward_aes"):
+        value = getattr(args, name, None)
+        if value and "://" not in value and (name in ("data", "output") or os.path.exists(value)):
+            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
+    uris = [args.data, args.output, args.model, *(getattr(args, k, None) or "" for k in ("ref_model", "reward_ps",
+                                                                                      "reward_aes"))]
+    options = StorageOptions()  # local only: no AWS configuration lookup (it can wait on a metadata service)
+    if any(u.startswith(("s3://", "s3a://")) for u in uris):
+        options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
     return TrainJob(
         stage=args.stage, data_uri=args.data, model=args.model, algo=algo, options=options,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,

@@ -1,6 +1,7 @@
 """`promptmine train` on a real local Ray (2 CPU workers, DDP over gloo), local and S3 storage, resume."""
 
 import json
+import os
 import random
 
 import pandas as pd
@@ -90,7 +91,8 @@ def test_reward_model_with_data_checkpoints_and_output_on_s3(ray_cluster, s3_env
     assert metrics["step"].tolist() == [1, 2, 3, 4] and metrics["eval_pearson"].notna().iloc[-1]
 
 
-def test_ppo_on_two_workers_with_a_reward_model_on_s3(ray_cluster, s3_env, tiny_lm_dir, pairs, tmp_path):
+def test_ppo_on_two_workers_with_a_reward_model_on_s3(ray_cluster, s3_env, tiny_lm_dir, pairs, tmp_path,
+                                                       monkeypatch):
     from transformers import AutoTokenizer
 
     from pez_core.rewrite.ppo import VALUE_HEAD_FILE, PolicyWithValueHead
@@ -105,7 +107,8 @@ def test_ppo_on_two_workers_with_a_reward_model_on_s3(ray_cluster, s3_env, tiny_
     for path in (tmp_path / "r_aes").iterdir():
         s3.upload_file(str(path), "train-ppo", f"r_aes/{path.name}")
     out = tmp_path / "ppo"
-    assert train("ppo", "--data", pairs, "--output", out, "--model", tiny_lm_dir,
+    monkeypatch.chdir(tmp_path)  # relative --data and --output: workers run elsewhere, the CLI resolves them
+    assert train("ppo", "--data", os.path.relpath(pairs), "--output", "ppo", "--model", tiny_lm_dir,
                  "--reward-aes", "s3://train-ppo/r_aes", "--alpha", 0, "--workers", 2, "--max-steps", 3,
                  "--rollouts-per-step", 8, "--chunk-size", 8,
                  "--minibatch-size", 4, "--ppo-epochs", 2, "--max-new-tokens", 6, "--lr", 1e-4,
@@ -119,3 +122,17 @@ def test_ppo_on_two_workers_with_a_reward_model_on_s3(ray_cluster, s3_env, tiny_
     policy = PolicyWithValueHead.from_pretrained(out / "model")
     assert policy.lm.config.model_type == "bloom"
     assert json.loads((out / "summary.json").read_text())["world_size"] == 2
+
+
+def test_bad_inputs_fail_fast_with_one_line_errors(tiny_lm_dir, pairs, tmp_path, capsys):
+    """Checked on the driver before any Ray job starts: exit status 2 and a message naming the problem."""
+    no_scores = tmp_path / "no_scores.parquet"
+    pd.read_parquet(pairs).drop(columns=["pick_score"]).to_parquet(no_scores)
+    assert train("reward", "--kind", "ps", "--data", no_scores, "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
+    assert "missing column(s) pick_score" in capsys.readouterr().err
+    assert train("ppo", "--data", pairs, "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
+    assert "--reward-ps and/or --reward-aes" in capsys.readouterr().err
+    assert train("sft", "--data", tmp_path / "absent.parquet", "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
+    assert "absent.parquet" in capsys.readouterr().err
+    assert train("sft", "--data", pairs, "--output", tmp_path / "o", "--model", tiny_lm_dir, "--template", "v9") == 2
+    assert "unknown template 'v9'" in capsys.readouterr().err
