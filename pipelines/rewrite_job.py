@@ -153,15 +153,23 @@ def _check_paths(args) -> None:
         raise CLIError(f"--output {args.output} is inside --input {args.input}: choose an output elsewhere")
 
 
-def _check_model(model: str | None) -> None:
-    """A local model folder must hold config.json (checked here, not after Ray started the actors)."""
+def _check_model(model: str, address: str | None) -> None:
+    """Fail before Ray starts the actors when they could not load the model: a local folder without
+    config.json, or (offline, on this machine's Ray) a Hugging Face id missing from the local cache."""
+    import os
     from pathlib import Path
 
     from .cli import CLIError
 
-    if model and (model.startswith((".", "/", "~")) or Path(model).expanduser().exists()):
+    if model.startswith((".", "/", "~")) or Path(model).expanduser().exists():
         if not (Path(model).expanduser() / "config.json").is_file():
             raise CLIError(f"--model {model}: no config.json there (not a saved causal LM folder)")
+    elif not address and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise CLIError(f"--model {model}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
+                           "(download it first, or give a local folder)")
 
 
 def cmd_rewrite(args) -> int:
@@ -172,8 +180,8 @@ def cmd_rewrite(args) -> int:
 
     try:
         _check_paths(args)
-        _check_model(args.model)
         job = build_job(args)
+        _check_model(job.settings["model"], args.address)
         cfg = ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
                              cpus_per_actor=args.cpus_per_actor if args.cpus_per_actor is not None
                              else (1.0 if args.gpus_per_actor else 0.5),

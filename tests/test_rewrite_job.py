@@ -121,7 +121,7 @@ def test_local_tables_bad_rows_rejected_rest_rewritten_rerun_does_nothing(ray_cl
     assert "settings.max_new_tokens: 6 there vs 9 now" in capsys.readouterr().err
 
 
-def test_s3_input_and_output_with_default_keys(ray_cluster, tiny_lm_dir, s3_env, capsys):
+def test_s3_input_and_output_default_keys_unusable_table_fails_alone(ray_cluster, tiny_lm_dir, s3_env, capsys):
     bucket = s3_env.make_bucket("rewrite-s3")
     client = s3_env.client()
     table = io.BytesIO()
@@ -130,10 +130,13 @@ def test_s3_input_and_output_with_default_keys(ray_cluster, tiny_lm_dir, s3_env,
     client.put_object(Bucket=bucket, Key="tables/part-0.parquet", Body=table.getvalue())
     lines = '{"prompt": "a knight"}\n{"prompt": ["not", "a", "string"]}\n{"prompt": "a cottage by the river"}\n'
     client.put_object(Bucket=bucket, Key="tables/sub/part-1.jsonl.gz", Body=gzip.compress(lines.encode()))
+    client.put_object(Bucket=bucket, Key="tables/zz.csv", Body=b"caption\na cat\n")  # no prompt column
 
     assert main(["rewrite", "--input", f"s3://{bucket}/tables", "--output", f"s3://{bucket}/out",
-                 "--model", str(tiny_lm_dir), "--template", "v2", *FAST]) == 0
+                 "--model", str(tiny_lm_dir), "--template", "v2", *FAST]) == 1  # incomplete: one shard failed
     printed = capsys.readouterr()
+    # the table without a prompt column fails alone (no marker: a rerun retries it); the others are done
+    assert f"FAILED    zz: s3://{bucket}/tables/zz.csv: no prompt column 'prompt' (columns: caption)" in printed.out
     rows, rejects, stats, summary = read_output(f"s3://{bucket}/out")
     assert list(rows.columns) == ROW_COLUMNS
     assert sorted(rows["key"]) == ["part-0:0", "part-0:1", "part-0:3", "sub/part-1:0", "sub/part-1:2"]
@@ -143,6 +146,8 @@ def test_s3_input_and_output_with_default_keys(ray_cluster, tiny_lm_dir, s3_env,
                                                              "sub/part-1:1": "not a string but list"}
     assert sorted(stats) == ["part-0_stats.json", "sub/part-1_stats.json"]
     assert summary["totals"] == {"records": 7, "rows": 5, "rejects": 2, "balanced": True}
+    assert summary["shards"] == {"total": 3, "done": 2, "failed": 1, "processed_this_run": 2,
+                                 "skipped_already_done": 0}
     assert summary["storage"]["credentials"] == "forwarded"
     blob = json.dumps([summary, stats]) + printed.out + printed.err
     assert s3_env.secret_key not in blob and s3_env.access_key not in blob
@@ -151,6 +156,7 @@ def test_s3_input_and_output_with_default_keys(ray_cluster, tiny_lm_dir, s3_env,
 @pytest.mark.parametrize("extra, message", [
     (["--output", "{in}/out"], "is inside --input"),
     (["--model", "{tmp}"], "no config.json there"),
+    (["--model", "someone/not-cached-model"], "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
     (["--mode", "beam", "--num-beams", "1"], "num_beams must be an integer >= 2"),
     (["--max-new-tokens", "0"], "max_new_tokens must be a positive integer"),
     (["--format", "csv"], "no Parquet, CSV or JSON Lines files found (format csv)"),
@@ -165,24 +171,9 @@ def test_bad_flags_are_one_line_user_errors_before_ray_starts(tiny_lm_dir, tmp_p
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_table_without_the_prompt_column_fails_alone(ray_cluster, tiny_lm_dir, tmp_path, capsys):
-    (tmp_path / "in").mkdir()
-    pd.DataFrame({"prompt": ["a cat", "a dog"]}).to_parquet(tmp_path / "in" / "good.parquet")
-    pd.DataFrame({"caption": ["a cat"]}).to_parquet(tmp_path / "in" / "other.parquet")
-    args = ["rewrite", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
-            "--model", str(tiny_lm_dir), *FAST]
-    assert main(args) == 1  # incomplete
-    printed = capsys.readouterr().out
-    assert "FAILED    other: " in printed and "no prompt column 'prompt' (columns: caption)" in printed
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["shards"] == {"total": 2, "done": 1, "failed": 1, "processed_this_run": 1,
-                                 "skipped_already_done": 0}
-    assert sorted(pd.read_parquet(tmp_path / "out" / "rows")["key"]) == ["good:0", "good:1"]
-
-
 # ---- resume after SIGKILL of the driver ------------------------------------------------------------------
 SHARDS, PER_SHARD = 10, 4
-SLOW = ["--max-new-tokens", "100", "--min-new-tokens", "100", "--batch-size", "4", "--actors", "1"]
+SLOW = ["--max-new-tokens", "16", "--min-new-tokens", "16", "--batch-size", "4", "--actors", "1"]
 
 
 def _descendants(root: int) -> list[int]:
@@ -212,7 +203,7 @@ def test_driver_sigkilled_mid_job_then_rerun_writes_every_key_once(ray_cluster, 
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     children = []
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 300  # a local Ray starts slowly on a loaded machine
         while not list((out / "stats").glob("*_stats.json")):
             assert proc.poll() is None, f"driver exited ({proc.returncode}) early: {proc.stdout.read()[-2000:]}"
             assert time.monotonic() < deadline, "timed out waiting for the first shard"
@@ -246,5 +237,5 @@ def test_driver_sigkilled_mid_job_then_rerun_writes_every_key_once(ray_cluster, 
     assert sorted(rows["key"].tolist() + rejects["key"].tolist()) == sorted(expected)
     assert rejects.to_dict("records") == [{"key": "03:1", "shard": "03", "reason": "empty prompt"}]
     assert set(pd.read_parquet(out / "rows" / f"{victim}.parquet")["shard"]) == {victim}
-    assert (rows["new_tokens"] == 100).all()
+    assert (rows["new_tokens"] == 16).all()
     assert summary["totals"] == {"records": len(expected), "rows": len(expected) - 1, "rejects": 1, "balanced": True}
