@@ -363,9 +363,9 @@ def ppo_loop(config: dict) -> None:
         stats = trainer.step([r for r, _ in batch], [p for _, p in batch])
         run.step += 1
         sample = stats.pop("sample")
+        for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl"):  # the rest are already means over workers
+            stats[k] = run.mean(stats[k])
         metrics = {k: round(v, 6) for k, v in stats.items()}
-        for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl"):
-            metrics[k] = run.mean(metrics[k])
         if run.rank == 0:
             metrics["sample"] = sample
         run.record(metrics, policy, tokenizer, trainer.state_dict, total)
