@@ -20,6 +20,7 @@ JOB_MODULES = (
     "pipelines.train",  # train sft|reward|ppo (Ray Train)
     "pipelines.serve_cli",  # serve (Ray Serve online API)
     "pipelines.eval_jobs",  # eval invert|rewrite, label (Ray Data, resumable)
+    "pipelines.report",  # report (HTML page + PNG contact sheet of a job output)
 )
 
 
