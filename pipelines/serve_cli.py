@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="any other app argument (see serve/settings.py AppArgs), e.g. max_steps=500; repeatable")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--address", help="an existing Ray cluster to deploy to (default: start a local one)")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard on 127.0.0.1:8265, so `serve deploy FILE` / `serve status` can "
+                        "update and inspect the running app (runtime user_config changes)")
     p.add_argument("--request-timeout-s", type=float, default=None,
                    help="Serve's own HTTP time limit (plain-text 408); keep it above the app's timeouts "
                         "(default: 300, or the config's)")
@@ -134,6 +137,18 @@ def wait_running(names: list[str], timeout: float = 600) -> None:
     raise CLIError(f"applications not running after {timeout:g} s: {states}")
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (Kubernetes, systemd, ``kill``) both stop the app cleanly. SIGINT is set
+    explicitly: a process started in the background by a shell inherits it ignored."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run(args) -> int:
     import ray
     from pydantic import ValidationError
@@ -144,6 +159,7 @@ def run(args) -> int:
 
     from .cli import CLIError
 
+    _stop_on_signals()
     app_overrides = overrides(args)
     if args.config:
         config = load_config(args.config, args, app_overrides)
@@ -159,7 +175,8 @@ def run(args) -> int:
         names, prefixes = [APP_NAME], ["/"]
 
     ray.init(address=args.address or "local", num_cpus=args.num_cpus if not args.address else None,
-             include_dashboard=False, namespace="serve", configure_logging=False)
+             include_dashboard=args.dashboard, dashboard_host="127.0.0.1", namespace="serve",
+             configure_logging=False)
     try:
         client = private_api.serve_start(http_options=http)
         if args.config:
