@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -40,6 +41,7 @@ SHARDS = 12
 PER_SHARD = 3
 BAD_SHARD = 5  # gets a truncated JPEG, a non-image and a caption-only record: three rejects
 ROOT = Path(__file__).parents[1]
+RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # `ray`, from this interpreter whatever PATH says
 MINE_ARGS = ["--steps", "40", "--prompt-len", "4", "--batch-size", "3", "--actors", "2", "--cpus-per-actor", "0.5"]
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
@@ -91,13 +93,14 @@ class LocalCluster:
                     "RAY_raylet_start_wait_time_s": "120"}
         self.env.pop("RAY_ADDRESS", None)
         self.nodes: dict[str, subprocess.Popen] = {}
+        self.logs: list = []
         self.address = ""
 
     def _ports(self) -> list[str]:
         return [f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}"]
 
     def start_head(self) -> None:
-        cmd = ["ray", "start", "--head", "--block", f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
+        cmd = [*RAY_CLI, "start", "--head", "--block", f"--port={self.port}", "--num-cpus=0", "--num-gpus=0",
                "--include-dashboard=false", f"--dashboard-port={_free_port()}",
                f"--ray-client-server-port={_free_port()}", f"--temp-dir={self.temp_dir}", *self._ports()]
         self.nodes["head"] = self._spawn("head", cmd)
@@ -107,13 +110,14 @@ class LocalCluster:
     def add_worker(self, name: str, cpus: int) -> None:
         """A worker node whose processes see the hostname ``name``."""
         # its own temp dir: nodes starting at once in one dir race for the same socket names
-        cmd = ["ray", "start", "--block", f"--address={self.address}", f"--num-cpus={cpus}", "--num-gpus=0",
+        cmd = [*RAY_CLI, "start", "--block", f"--address={self.address}", f"--num-cpus={cpus}", "--num-gpus=0",
                f"--temp-dir={self.root / name}", *self._ports()]
-        shell = f"hostname {name} && exec " + " ".join(f"'{c}'" for c in cmd)
+        shell = f"hostname {name} && exec " + shlex.join(cmd)
         self.nodes[name] = self._spawn(name, ["unshare", "--uts", "sh", "-c", shell])
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "w")
+        self.logs.append(log)
         return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _started(self, name: str) -> bool:
@@ -132,6 +136,8 @@ class LocalCluster:
             _kill_tree(self.nodes[name].pid)
         for proc in self.nodes.values():
             proc.wait(timeout=10)
+        for log in self.logs:
+            log.close()
 
     def _wait(self, predicate, timeout, what):
         deadline = time.monotonic() + timeout
