@@ -11,11 +11,16 @@ Formats, by extension (compressed ``.gz`` / ``.bz2`` / ``.zst`` files are decomp
   be read (bad JSON, not an object, wrong number of fields, not UTF-8) becomes a record with an
   ``error``, so the job rejects that row and does the rest.
 
+Big Parquet files (DiffusionDB's 2M-row ``metadata.parquet`` is one file) can be split into several
+shards of whole row groups with ``rows_per_shard``: shard ``<file>@00003`` is the 4th run of row groups
+of ``<file>`` (its URI carries ``#rg=A-B&row=N``: row groups A..B-1, whose first row is row N of the file).
+Keys do not depend on the split: the default key is still ``<file>:<row index in the file>``.
+
 A record is ``{"key", "prompt", "error"}``. The key is the key column's value when ``key_column`` is
 given, else ``<shard>:<row index>`` (0-based over the file's data rows, unreadable ones included, so
 keys do not move when a row is repaired). A row without its own key (null key, unreadable row, or a
-key repeated in the file) is keyed ``<shard>:<row index>``, so every key of a job's output is unique;
-keys repeated *across* files are not detected.
+key repeated in the shard) is keyed ``<file>:<row index>``, so every key of a job's output is unique;
+keys repeated *across* shards are not detected.
 """
 
 from __future__ import annotations
@@ -51,17 +56,21 @@ def table_format(name: str) -> tuple[str, str] | None:
     return _EXTS[ext.lower()], base
 
 
-def find_tables(root: Location, fmt: str = "auto") -> list[Shard]:
-    """The prompt-table files under ``root`` (a folder or prefix, or one file), one shard each, by id."""
+def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> list[Shard]:
+    """The prompt-table files under ``root`` (a folder or prefix, or one file), one shard each, by id;
+    with ``rows_per_shard`` > 0, Parquet files are split into shards of whole row groups of about
+    that many rows (one footer read per file)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
-    files = root.list_files()
+    if rows_per_shard < 0:
+        raise ValueError(f"rows_per_shard must be >= 0 (0: one shard per file), got {rows_per_shard}")
+    if root.exists() and not root.is_dir():  # a single file
+        files = [(root, 0)]
+        root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
+    else:
+        files = root.list_files()
     if not files:
-        if root.exists():  # a single file
-            files = [(root, 0)]
-            root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
-        else:
-            raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
+        raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     shards = {}
     for loc, size in files:
         rel = loc.relative_to(root)
@@ -77,7 +86,45 @@ def find_tables(root: Location, fmt: str = "auto") -> list[Shard]:
         shards[sid] = Shard(sid, loc.uri, kind, size)
     if not shards:
         raise ShardError(f"{root.uri}: no Parquet, CSV or JSON Lines files found (format {fmt})")
-    return [shards[k] for k in sorted(shards)]
+    found = [shards[k] for k in sorted(shards)]
+    if rows_per_shard:
+        found = [part for shard in found for part in
+                 (_row_group_parts(shard, root.options.resolve(shard.uri), rows_per_shard)
+                  if shard.format == "parquet" else [shard])]
+    return found
+
+
+def _row_group_parts(shard: Shard, loc: Location, rows_per_shard: int) -> list[Shard]:
+    """``shard`` cut into runs of whole row groups of >= rows_per_shard rows (the last may be smaller)."""
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(loc.open_input_file()).metadata
+    except Exception:  # noqa: BLE001 -- left whole: reading it fails the shard alone, with the reason
+        return [shard]
+    runs, start, rows, first = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows - first >= rows_per_shard or g == meta.num_row_groups - 1:
+            group = meta.row_group
+            size = sum(group(i).column(c).total_compressed_size for i in range(start, g + 1)
+                       for c in range(meta.num_columns))
+            runs.append((start, g + 1, first, size))
+            start, first = g + 1, rows
+    if len(runs) <= 1:
+        return [shard]
+    return [Shard(f"{shard.id}@{k:05d}", f"{shard.uri}#rg={a}-{b}&row={row}", "parquet", size)
+            for k, (a, b, row, size) in enumerate(runs)]
+
+
+def _part(shard: Shard, loc: Location) -> tuple[str, Location, list[int] | None, int]:
+    """(file id, file location, row groups or None for all, index of the first row) of a shard."""
+    if "#rg=" not in shard.uri:
+        return shard.id, loc, None, 0
+    uri, _, fragment = shard.uri.rpartition("#")
+    fields = dict(item.split("=", 1) for item in fragment.split("&"))
+    a, b = (int(x) for x in fields["rg"].split("-"))
+    return shard.id.rsplit("@", 1)[0], loc.options.resolve(uri), list(range(a, b)), int(fields["row"])
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -87,14 +134,17 @@ def read_table(shard: Shard, loc: Location, prompt_column: str = "prompt",
     readers = {"parquet": _read_parquet, "csv": _read_csv, "jsonl": _read_jsonl}
     if shard.format not in readers:
         raise ShardError(f"{shard.uri}: unknown table format {shard.format!r}")
+    file_id, loc, row_groups, first = _part(shard, loc)
+    kwargs = {"row_groups": row_groups} if row_groups is not None else {}
     seen: dict[str, int] = {}
-    for index, (key, prompt, error) in enumerate(readers[shard.format](shard, loc, prompt_column, key_column)):
-        own = f"{shard.id}:{index}"
+    for index, (key, prompt, error) in enumerate(readers[shard.format](shard, loc, prompt_column, key_column,
+                                                                       **kwargs), start=first):
+        own = f"{file_id}:{index}"
         if key_column is not None and not error:
             if key is None or (isinstance(key, float) and key != key):
                 key, error = None, f"key column {key_column!r} is null"
             elif str(key) in seen:
-                error = f"duplicate key {str(key)!r} in this file (first at row {seen[str(key)]})"
+                error = f"duplicate key {str(key)!r} in this shard (first at row {seen[str(key)]})"
                 key = None
             else:
                 key = str(key)
@@ -106,7 +156,7 @@ def _missing(shard: Shard, column: str, names: list[str], what: str) -> ShardErr
     return ShardError(f"{shard.uri}: no {what} column {column!r} (columns: {', '.join(map(str, names))})")
 
 
-def _read_parquet(shard, loc, prompt_column, key_column):
+def _read_parquet(shard, loc, prompt_column, key_column, row_groups=None):
     import pyarrow.parquet as pq
 
     try:
@@ -121,7 +171,7 @@ def _read_parquet(shard, loc, prompt_column, key_column):
             raise _missing(shard, column, names, what)
     columns = [prompt_column] + ([key_column] if key_column not in (None, prompt_column) else [])
     try:
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, row_groups=row_groups):
             cols = batch.to_pydict()
             keys = cols[key_column] if key_column is not None else [None] * batch.num_rows
             for prompt, key in zip(cols[prompt_column], keys):

@@ -4,9 +4,9 @@
         --actors 8 --gpus-per-actor 1 --address auto
     promptmine rewrite --input prompts.csv --output /tmp/rewritten --model ./my-sft-model --max-new-tokens 64
 
-Each Parquet / CSV / JSON Lines file of the input is one shard (prompt_tables.py); the resumable
-per-shard machinery (skip done shards, rows + rejects + done marker, progress, summary) is
-shard_job.py's. This module holds the processor (one Rewriter per actor) and the command line.
+Each Parquet / CSV / JSON Lines file of the input is one shard, or with --rows-per-shard each run of
+Parquet row groups (prompt_tables.py); the resumable per-shard machinery (skip done shards, rows +
+rejects + done marker, progress, summary) is shard_job.py's. This module holds the processor (one Rewriter per actor) and the command line.
 
 Rows file schema (rows/<shard>.parquet), one row per rewritten input row:
     key string, shard string, raw_prompt string (the input, unchanged), prompt string (the rewrite),
@@ -123,6 +123,7 @@ def generation_config(args):
 
 def build_job(args):
     import dataclasses
+    import functools
 
     from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
 
@@ -132,14 +133,16 @@ def build_job(args):
     gen = dataclasses.asdict(generation_config(args))
     model = args.model or DEFAULT_MODEL_ID
     settings = {"model": model, "template": args.template, "prompt_column": args.prompt_column,
-                "key_column": args.key_column, **{k: gen[k] for k in _GENERATION_KEYS}}
+                "key_column": args.key_column, "rows_per_shard": args.rows_per_shard,
+                **{k: gen[k] for k in _GENERATION_KEYS}}
     threads = args.threads or (1 if not args.gpus_per_actor else 0)
     return ShardJob(
         name="rewrite", processor=RewriteProcessor,
         processor_kwargs={"model": model, "template": args.template, "generation": gen, "threads": threads,
                           "device": args.device, "dtype": args.dtype},
         row_schema=row_schema, settings=settings, reader=read_table,
-        reader_kwargs={"prompt_column": args.prompt_column, "key_column": args.key_column}, find=find_tables,
+        reader_kwargs={"prompt_column": args.prompt_column, "key_column": args.key_column},
+        find=functools.partial(find_tables, rows_per_shard=args.rows_per_shard),
     )
 
 
@@ -207,6 +210,10 @@ def register(sub) -> None:
     p.add_argument("--prompt-column", default="prompt", help="column / JSON field of the prompts (default: prompt)")
     p.add_argument("--key-column", metavar="KEY",
                    help="column of unique row keys (e.g. image_name); default: <file>:<row index>")
+    p.add_argument("--rows-per-shard", type=int, default=0, metavar="N",
+                   help="split Parquet files into shards of whole row groups of about N rows (parallelism and "
+                        "resume inside one big file, e.g. DiffusionDB's metadata.parquet); default 0: a file "
+                        "is a shard")
     add_generation_args(p)
     p.add_argument("--actors", type=int, default=1, help="actor pool size: one model per actor (one per GPU)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")

@@ -62,7 +62,7 @@ def write_mixed_tables(folder):
             "a:6": "key column 'id' is null",
             "b:2": "unreadable row (CSV line 4 has 4 fields, the header 2)",
             "c3": "prompt is only whitespace",
-            "b:4": "duplicate key 'c1' in this file (first at row 1)",
+            "b:4": "duplicate key 'c1' in this shard (first at row 1)",
             "c:1": "unreadable row (line 2 is not valid JSON",
             "j2": "not a string but int",
             "c:3": "unreadable row (line 5 has no 'prompt' field)"}
@@ -151,6 +151,31 @@ def test_s3_input_and_output_default_keys_unusable_table_fails_alone(ray_cluster
     assert summary["storage"]["credentials"] == "forwarded"
     blob = json.dumps([summary, stats]) + printed.out + printed.err
     assert s3_env.secret_key not in blob and s3_env.access_key not in blob
+
+
+def test_one_big_parquet_file_split_by_row_groups_on_s3(ray_cluster, tiny_lm_dir, s3_env):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bucket = s3_env.make_bucket("rewrite-split")
+    prompts = [f"a cat number {i}" for i in range(10)]
+    prompts[7] = ""
+    table = io.BytesIO()
+    pq.write_table(pa.table({"image_name": [f"{i}.png" for i in range(10)], "prompt": prompts}), table,
+                   row_group_size=3)  # row groups of 3, 3, 3, 1 rows
+    s3_env.client().put_object(Bucket=bucket, Key="meta/metadata.parquet", Body=table.getvalue())
+    args = ["rewrite", "--input", f"s3://{bucket}/meta/metadata.parquet", "--output", f"s3://{bucket}/out",
+              "--model", str(tiny_lm_dir), "--rows-per-shard", "5", *FAST]
+    assert main([*args, "--key-column", "image_name"]) == 0
+    rows, rejects, stats, summary = read_output(f"s3://{bucket}/out")
+    # two shards of whole row groups (3 + 3 rows, then 3 + 1), named after the file
+    assert sorted(stats) == ["metadata@00000_stats.json", "metadata@00001_stats.json"]
+    assert (stats["metadata@00000_stats.json"]["records"], stats["metadata@00001_stats.json"]["records"]) == (6, 4)
+    assert dict(zip(rows["key"], rows["shard"]))["9.png"] == "metadata@00001"
+    assert sorted(rows["key"]) == sorted(f"{i}.png" for i in range(10) if i != 7)
+    assert dict(zip(rows["key"], rows["raw_prompt"]))["6.png"] == "a cat number 6"
+    assert rejects.to_dict("records") == [{"key": "7.png", "shard": "metadata@00001", "reason": "empty prompt"}]
+    assert summary["totals"] == {"records": 10, "rows": 9, "rejects": 1, "balanced": True}
 
 
 @pytest.mark.parametrize("extra, message", [
