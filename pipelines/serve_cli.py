@@ -177,6 +177,7 @@ def run(args) -> int:
     ray.init(address=args.address or "local", num_cpus=args.num_cpus if not args.address else None,
              include_dashboard=args.dashboard, dashboard_host="127.0.0.1", namespace="serve",
              configure_logging=False)
+    _stop_on_signals()  # again: ray.init installs its own SIGTERM handler in the driver
     try:
         client = private_api.serve_start(http_options=http)
         if args.config:
