@@ -173,7 +173,8 @@ def cmd_label(args) -> int:
 
     job = _table_job(args, "label", LabelProcessor, label_schema, {"judge": args.judge}, None)
     status = run_job(job, args, label_metrics)
-    print(f"reward-model data: promptmine train reward --data {args.output.rstrip('/')}/rows ...")
+    if status == 0:
+        print(f"reward-model data: promptmine train reward --data {args.output.rstrip('/')}/rows ...")
     return status
 
 

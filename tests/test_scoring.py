@@ -122,3 +122,14 @@ def test_offline_clip_tokenizer_matches_open_clip(tmp_path):
         assert ours(text).input_ids == [i for i in theirs([text])[0].tolist() if i]
     assert ours.model_max_length == 77 and len(ours) == 49408
     assert len(ours("word " * 200, truncation=True).input_ids) == 77
+
+
+def test_pipeline_class_follows_the_saved_model_sdxl_included(tmp_path, generator):
+    from pez_core.scoring.tiny import build_tiny_sdxl
+
+    assert type(generator.pipe).__name__ == "StableDiffusionPipeline"
+    xl = Generator(GenerationConfig(model=str(build_tiny_sdxl(tmp_path / "xl")), steps=2, size=64, guidance=5.0))
+    assert type(xl.pipe).__name__ == "StableDiffusionXLPipeline"
+    a, b, c = xl.generate(["a cat", "a cat", "a cat"], [0, 0, 1])
+    assert a.size == (64, 64) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.abs(np.asarray(a, dtype=int) - np.asarray(c, dtype=int)).mean() > 5

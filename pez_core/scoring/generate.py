@@ -55,8 +55,9 @@ class Generator:
         dtype = _DTYPES.get(cfg.dtype) or (torch.float16 if self.device.type == "cuda" else torch.float32)
         try:
             self.pipe = AutoPipelineForText2Image.from_pretrained(cfg.model, dtype=dtype)
-        except (OSError, ValueError) as e:
-            raise OSError(f"cannot load text-to-image model {cfg.model!r}: {str(e).splitlines()[0]}") from e
+        except Exception as e:  # noqa: BLE001 -- hub, file and config errors all mean "cannot load this model"
+            raise OSError(f"cannot load text-to-image model {cfg.model!r}: "
+                          f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from e
         self.pipe = self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         log.info("loaded %s (%s) on %s", cfg.model, type(self.pipe).__name__, self.device)

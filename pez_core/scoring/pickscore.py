@@ -37,9 +37,9 @@ class PickScorer:
         try:
             self.processor = AutoProcessor.from_pretrained(processor or model)
             self.model = CLIPModel.from_pretrained(model).to(self.device).eval().requires_grad_(False)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 -- hub, file and config errors all mean "cannot load"
             raise OSError(f"cannot load PickScore model {model!r} / processor {processor or model!r}: "
-                          f"{str(e).splitlines()[0]}") from e
+                          f"{(str(e).splitlines() or [type(e).__name__])[0]}") from e
         self.name, self.batch_size = model, batch_size
 
     @torch.no_grad()

@@ -3,6 +3,8 @@
 - ``build_tiny_sd(folder)``: a StableDiffusionPipeline (2-level UNet, 4-level VAE, DDIM, 2-layer CLIP
   text encoder, no safety checker) saved with ``save_pretrained``, fp32; 2 steps at 32-64 px take tens
   of milliseconds. ``Generator(GenerationConfig(model=folder))`` loads it as it loads a Hub id.
+- ``build_tiny_sdxl(folder)``: the same for StableDiffusionXLPipeline (two text encoders), so the
+  pipeline-class choice of ``Generator`` is exercised offline.
 - ``build_tiny_pickscore(folder)``: a transformers CLIPModel + CLIPProcessor (the stand-in for
   yuvalkirstain/PickScore_v1 and its processor), loaded by ``PickScorer(folder, folder)``.
 - ``build_tiny_aesthetic(path, input_dim)``: the LAION MLP with random weights, in the released layout.
@@ -46,7 +48,7 @@ def _text_config(width: int = 32):
 
 def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A random tiny StableDiffusionPipeline saved to ``folder`` (fp32)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     folder = Path(folder)
@@ -55,10 +57,7 @@ def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
-        sample_size=64)
+    vae = _tiny_vae()
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
     text_encoder = CLIPTextModel(_text_config(32))
@@ -68,6 +67,37 @@ def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     log.info("tiny Stable Diffusion pipeline saved to %s", folder)
+    return folder
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=4,
+        sample_size=64)
+
+
+def build_tiny_sdxl(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """A random tiny StableDiffusionXLPipeline (two text encoders, text_time conditioning) saved to ``folder``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(
+        vae=_tiny_vae(), text_encoder=CLIPTextModel(_text_config(32)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(32)), tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
 
