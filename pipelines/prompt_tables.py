@@ -87,11 +87,17 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
     if not shards:
         raise ShardError(f"{root.uri}: no Parquet, CSV or JSON Lines files found (format {fmt})")
     found = [shards[k] for k in sorted(shards)]
-    if rows_per_shard:
-        found = [part for shard in found for part in
-                 (_row_group_parts(shard, root.options.resolve(shard.uri), rows_per_shard)
-                  if shard.format == "parquet" else [shard])]
-    return found
+    if not rows_per_shard:
+        return found
+    from concurrent.futures import ThreadPoolExecutor
+
+    def split(shard: Shard) -> list[Shard]:
+        if shard.format != "parquet":
+            return [shard]
+        return _row_group_parts(shard, root.options.resolve(shard.uri), rows_per_shard)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:  # footers read in parallel: object stores are slow per call
+        return [part for parts in pool.map(split, found) for part in parts]
 
 
 def _row_group_parts(shard: Shard, loc: Location, rows_per_shard: int) -> list[Shard]:
@@ -242,5 +248,8 @@ def _read_jsonl(shard, loc, prompt_column, key_column):
                 yield None, None, f"unreadable row (line {number} is a JSON {type(obj).__name__}, not an object)"
             elif prompt_column not in obj:
                 yield None, None, f"unreadable row (line {number} has no {prompt_column!r} field)"
+            elif not _valid_utf8([obj[prompt_column], obj.get(key_column) if key_column is not None else None]):
+                # a "\ud800" escape decodes to a lone surrogate, which no Parquet file can hold
+                yield None, None, f"unreadable row (line {number} holds a lone surrogate, not valid Unicode)"
             else:
                 yield (obj.get(key_column) if key_column is not None else None), obj[prompt_column], None

@@ -53,7 +53,7 @@ def write_mixed_tables(folder):
                                   'c3,"   "\nc1,a duplicate key\n')
     (folder / "c.jsonl").write_text('{"id": "j0", "prompt": "a lighthouse at night"}\n{broken json\n'
                                     '{"id": "j2", "prompt": 42}\n\n{"id": "j3", "text": "no prompt field"}\n'
-                                    '{"id": "j4", "prompt": "a samurai"}\n')
+                                    '{"id": "j4", "prompt": "a samurai"}\n{"id": "j5", "prompt": "bad \\ud800"}\n')
     (folder / "_SUCCESS").write_text("")  # not a table
     (folder / "notes.txt").write_text("not a table either")
     return {"p0": None, "p1": None, "p5": None, "c0": None, "c1": None, "j0": None, "j4": None,
@@ -65,7 +65,8 @@ def write_mixed_tables(folder):
             "b:4": "duplicate key 'c1' in this shard (first at row 1)",
             "c:1": "unreadable row (line 2 is not valid JSON",
             "j2": "not a string but int",
-            "c:3": "unreadable row (line 5 has no 'prompt' field)"}
+            "c:3": "unreadable row (line 5 has no 'prompt' field)",
+            "c:5": "unreadable row (line 7 holds a lone surrogate, not valid Unicode)"}
 
 
 def test_local_tables_bad_rows_rejected_rest_rewritten_rerun_does_nothing(ray_cluster, varied_lm_dir, tmp_path,
@@ -97,10 +98,10 @@ def test_local_tables_bad_rows_rejected_rest_rewritten_rerun_does_nothing(ray_cl
         if why is not None:
             assert reasons[key].startswith(why), (key, reasons[key])
     assert dict(zip(rows["key"], rows["shard"]))["c0"] == "b" and dict(zip(rejects["key"], rejects["shard"]))["c:1"] == "c"
-    assert summary["complete"] and summary["totals"] == {"records": 17, "rows": 7, "rejects": 10, "balanced": True}
+    assert summary["complete"] and summary["totals"] == {"records": 18, "rows": 7, "rejects": 11, "balanced": True}
     assert sorted(stats) == ["a_stats.json", "b_stats.json", "c_stats.json"]
-    assert (stats["c_stats.json"]["records"], stats["c_stats.json"]["rejects"]) == (5, 3)
-    assert "17 in = 7 rows + 10 rejects" in printed.out and "3/3 shards" in printed.err
+    assert (stats["c_stats.json"]["records"], stats["c_stats.json"]["rejects"]) == (6, 4)
+    assert "18 in = 7 rows + 11 rejects" in printed.out and "3/3 shards" in printed.err
 
     # each row carries the rewrite of its own prompt: the same text as the Rewriter called directly
     rw = Rewriter.from_pretrained(str(varied_lm_dir))
