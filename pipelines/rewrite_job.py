@@ -1,12 +1,13 @@
 """``promptmine rewrite``: prompt tables in object storage -> rewritten prompts, by a BeautifulPrompt LM on Ray.
 
-    promptmine rewrite --input s3://bucket/diffusiondb --output s3://bucket/rewritten --key-column image_name \
-        --actors 8 --gpus-per-actor 1 --address auto
+    promptmine rewrite --input s3://bucket/diffusiondb/metadata.parquet --output s3://bucket/rewritten \
+        --key-column image_name --rows-per-shard 50000 --actors 8 --gpus-per-actor 1 --address auto
     promptmine rewrite --input prompts.csv --output /tmp/rewritten --model ./my-sft-model --max-new-tokens 64
 
 Each Parquet / CSV / JSON Lines file of the input is one shard, or with --rows-per-shard each run of
 Parquet row groups (prompt_tables.py); the resumable per-shard machinery (skip done shards, rows +
-rejects + done marker, progress, summary) is shard_job.py's. This module holds the processor (one Rewriter per actor) and the command line.
+rejects + done marker, progress, summary) is shard_job.py's. This module holds the processor (one
+Rewriter per actor) and the command line.
 
 Rows file schema (rows/<shard>.parquet), one row per rewritten input row:
     key string, shard string, raw_prompt string (the input, unchanged), prompt string (the rewrite),

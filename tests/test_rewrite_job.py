@@ -97,7 +97,8 @@ def test_local_tables_bad_rows_rejected_rest_rewritten_rerun_does_nothing(ray_cl
     for key, why in expected.items():
         if why is not None:
             assert reasons[key].startswith(why), (key, reasons[key])
-    assert dict(zip(rows["key"], rows["shard"]))["c0"] == "b" and dict(zip(rejects["key"], rejects["shard"]))["c:1"] == "c"
+    assert dict(zip(rows["key"], rows["shard"]))["c0"] == "b"
+    assert dict(zip(rejects["key"], rejects["shard"]))["c:1"] == "c"
     assert summary["complete"] and summary["totals"] == {"records": 18, "rows": 7, "rejects": 11, "balanced": True}
     assert sorted(stats) == ["a_stats.json", "b_stats.json", "c_stats.json"]
     assert (stats["c_stats.json"]["records"], stats["c_stats.json"]["rejects"]) == (6, 4)
