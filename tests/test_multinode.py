@@ -37,12 +37,12 @@ import pytest
 
 from pipelines.sample_shards import sample_records, write_sample_shards
 
-SHARDS = 12
+SHARDS = 10
 PER_SHARD = 3
 BAD_SHARD = 5  # gets a truncated JPEG, a non-image and a caption-only record: three rejects
 ROOT = Path(__file__).parents[1]
 RAY_CLI = [sys.executable, "-m", "ray.scripts.scripts"]  # `ray`, from this interpreter whatever PATH says
-MINE_ARGS = ["--steps", "40", "--prompt-len", "4", "--batch-size", "3", "--actors", "2", "--cpus-per-actor", "0.5"]
+MINE_ARGS = ["--steps", "20", "--prompt-len", "4", "--batch-size", "3", "--actors", "2", "--cpus-per-actor", "0.5"]
 
 pytestmark = pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0,
                                 reason="worker nodes need their own UTS namespace (unshare -u, as root)")
@@ -173,12 +173,14 @@ def test_mining_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
     cmd = [sys.executable, "-m", "pipelines.cli", "mine", "--input", str(tmp_path / "in"), "--output", str(out),
            *MINE_ARGS]
     nodes = {"pm-node-a", "pm-node-b"}
+    t0 = time.monotonic()
     try:
         cluster.start_head()
         for name in sorted(nodes):
             cluster.add_worker(name, cpus=2)
         cluster.wait_for_workers()
         cmd += ["--address", cluster.address]
+        t_cluster = time.monotonic()
         driver = subprocess.Popen(cmd, env=cluster.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True)
         try:
@@ -191,11 +193,13 @@ def test_mining_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
                 time.sleep(0.05)
             # the node that finished the first shard dies without warning, with most shards still to do
             before = _stats(out)
+            t_first = time.monotonic()
             victim = next(iter(before.values()))["worker"]
             [survivor] = nodes - {victim}
             cluster.kill(victim)
             killed_at = datetime.now(timezone.utc)
             stdout, stderr = driver.communicate(timeout=300)
+            t_done = time.monotonic()
         finally:
             if driver.poll() is None:
                 driver.kill()
@@ -223,6 +227,8 @@ def test_mining_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
         again = subprocess.run(cmd, env=cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0 and f"{SHARDS} already done, 0 to do" in again.stdout, again.stderr[-2000:]
         assert _stats(out) == stats
+        print(f"cluster up {t_cluster - t0:.0f} s, first shard {t_first - t_cluster:.0f} s, rest after the kill "
+              f"{t_done - t_first:.0f} s, rerun {time.monotonic() - t_done:.0f} s")  # shown with pytest -s
     finally:
         cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)
