@@ -54,7 +54,8 @@ def table_columns(shards: list[Shard], root: Location) -> list[str]:
 
 
 def read_table(shard: Shard, loc: Location, text_columns: list[str], optional_columns: list[str] = ()) -> Iterator[dict]:
-    """Records ``{"key", <columns>, "error"}``; a null or empty required text becomes the record's error."""
+    """Records ``{"key", <columns>, "error"}``; the key is the key column's value, else ``<shard>:<row index>``
+    (as prompt_tables.py); a null or empty required text or a repeated key becomes the record's error."""
     import pyarrow.parquet as pq
 
     try:
@@ -70,7 +71,7 @@ def read_table(shard: Shard, loc: Location, text_columns: list[str], optional_co
     index, seen = 0, set()
     for batch in pf.iter_batches(batch_size=1024, columns=columns):
         for row in batch.to_pylist():
-            key = str(row["key"]) if row.get("key") is not None else f"{shard.id}/{index:06d}"
+            key = str(row["key"]) if row.get("key") is not None else f"{shard.id}:{index}"  # as prompt_tables.py
             index += 1
             empty = [c for c in text_columns if not isinstance(row.get(c), str) or not row[c].strip()]
             error = f"empty {empty[0]}" if empty else None

@@ -45,8 +45,8 @@ def test_label_local_matches_manual_scores_and_feeds_reward_training(ray_cluster
     out = capsys.readouterr().out
     rows = pd.read_parquet(tmp_path / "labels" / "rows").set_index("key")
     rejects = pd.read_parquet(tmp_path / "labels" / "rejects")
-    assert sorted(rows.index) == ["part-0/000000", "part-0/000001", "part-1/000000"]
-    assert list(rejects["key"]) == ["part-0/000002"] and list(rejects["reason"]) == ["empty prompt"]
+    assert sorted(rows.index) == ["part-0:0", "part-0:1", "part-1:0"]
+    assert list(rejects["key"]) == ["part-0:2"] and list(rejects["reason"]) == ["empty prompt"]
     assert (rows["seeds"] == 2).all() and "--data " + str(tmp_path / "labels") + "/rows" in out
 
     # by hand: images of the prompt over seeds 0 and 1, PickScore against the RAW prompt, averaged
@@ -56,9 +56,9 @@ def test_label_local_matches_manual_scores_and_feeds_reward_training(ray_cluster
     images = gen.generate([PAIRS[0][1]["prompt"]] * 2, [0, 1])
     pick = PickScorer(str(tiny_pickscore_dir), str(tiny_pickscore_dir)).score(["a castle"] * 2, images)
     aes = AestheticScorer(tiny_aesthetic_path, clip="tiny").score(images)
-    assert rows.loc["part-0/000001", "pick_score"] == pytest.approx(pick.mean().item(), abs=1e-3)
-    assert rows.loc["part-0/000001", "aesthetic_score"] == pytest.approx(aes.mean().item(), abs=1e-4)
-    assert rows.loc["part-0/000001", "pick_score_std"] == pytest.approx(pick.std().item(), abs=1e-3)
+    assert rows.loc["part-0:1", "pick_score"] == pytest.approx(pick.mean().item(), abs=1e-3)
+    assert rows.loc["part-0:1", "aesthetic_score"] == pytest.approx(aes.mean().item(), abs=1e-4)
+    assert rows.loc["part-0:1", "pick_score_std"] == pytest.approx(pick.std().item(), abs=1e-3)
 
     # the training job's reader and required columns accept the rows folder as --data
     from pipelines.train_loops import REQUIRED_COLUMNS, read_table
@@ -83,7 +83,7 @@ def test_label_on_s3(ray_cluster, s3_env, scorer_flags):
                  "--seeds", "1", *scorer_flags]) == 0
     out = StorageOptions.from_env().resolve(f"s3://{bucket}/labels")
     rows = pd.read_parquet(out.child("rows").path, filesystem=out.fs)
-    assert sorted(rows["key"]) == ["pairs/000000", "pairs/000001", "pairs/000003"]
+    assert sorted(rows["key"]) == ["pairs:0", "pairs:1", "pairs:3"]
     assert (rows["pick_score_std"] == 0).all() and rows["pick_score"].notna().all()
     summary = json.loads(out.child("summary.json").read_text())
     assert summary["totals"] == {"records": 4, "rows": 3, "rejects": 1, "balanced": True}
