@@ -127,7 +127,7 @@ def build_job(args):
     settings = {"model": model, "pretrained": args.pretrained, **pez_kwargs}
     threads = args.threads or (1 if not args.gpus_per_actor else 0)
     return ShardJob(
-        name="mine", processor=PEZProcessor,
+        name="mine", unit="images", processor=PEZProcessor,
         processor_kwargs={"model": model, "pretrained": args.pretrained, "pez": pez_kwargs,
                           "batch_size": args.batch_size, "threads": threads, "device": args.device},
         row_schema=row_schema, settings=settings,

@@ -1,8 +1,8 @@
 """Progress lines and the end-of-job summary of a shard job (printed by the driver, on stderr/stdout).
 
 Progress is one line per finished shard, at most one every ``interval`` seconds (plus the last), so
-it reads the same in a terminal and in a cluster job's log: shards done / total, images, images/s
-and an ETA from the bytes (or shards) still to do.
+it reads the same in a terminal and in a cluster job's log: shards done / total, records (named by
+the job's unit: images, prompts), records/s and an ETA from the bytes (or shards) still to do.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Progress:
     total_shards: int  # shards of this run (pending ones)
     total_bytes: int = 0  # input bytes of this run; 0 when unknown (ETA from shard counts then)
     interval: float = 2.0  # seconds between lines (the last line always prints)
+    unit: str = "records"  # what a record is, in the lines: images, prompts
     stream: object = field(default=None, repr=False)  # None: sys.stderr at the time of printing
     shards: int = 0
     records: int = 0
@@ -61,14 +62,15 @@ class Progress:
     def line(self) -> str:
         eta = self.eta()
         failed = f", {self.failed} failed" if self.failed else ""
-        return (f"{self.name}: {self.shards}/{self.total_shards} shards{failed}, {self.records:,} images "
-                f"({self.rejects:,} rejected), {self.rate:.1f} images/s, "
+        return (f"{self.name}: {self.shards}/{self.total_shards} shards{failed}, {self.records:,} {self.unit} "
+                f"({self.rejects:,} rejected), {self.rate:.1f} {self.unit}/s, "
                 f"elapsed {_duration(self.elapsed)}, ETA {_duration(eta) if eta is not None else '?'}")
 
 
 def format_summary(summary: dict) -> str:
     """The one-screen summary printed at the end of a job (the same facts as summary.json)."""
     t, run = summary["totals"], summary["this_run"]
+    unit = summary.get("unit", "records")
     sh = summary["shards"]
     balance = "yes" if t["balanced"] else "NO"
     lines = [
@@ -78,7 +80,7 @@ def format_summary(summary: dict) -> str:
         f"  shards    {sh['done']}/{sh['total']} done, {sh['processed_this_run']} this run, "
         f"{sh['skipped_already_done']} already done, {sh['failed']} failed",
         f"  records   {t['records']:,} in = {t['rows']:,} rows + {t['rejects']:,} rejects  (balanced: {balance})",
-        f"  this run  {run['records']:,} records in {_duration(run['seconds'])}, {run['images_per_s']:.2f} images/s",
+        f"  this run  {run['records']:,} records in {_duration(run['seconds'])}, {run['records_per_s']:.2f} {unit}/s",
     ]
     if summary.get("reject_reasons"):
         top = sorted(summary["reject_reasons"].items(), key=lambda kv: -kv[1])[:5]

@@ -138,7 +138,7 @@ def build_job(args):
                 **{k: gen[k] for k in _GENERATION_KEYS}}
     threads = args.threads or (1 if not args.gpus_per_actor else 0)
     return ShardJob(
-        name="rewrite", processor=RewriteProcessor,
+        name="rewrite", unit="prompts", processor=RewriteProcessor,
         processor_kwargs={"model": model, "template": args.template, "generation": gen, "threads": threads,
                           "device": args.device, "dtype": args.dtype},
         row_schema=row_schema, settings=settings, reader=read_table,

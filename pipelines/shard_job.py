@@ -56,6 +56,7 @@ class ShardJob:
     reader: Callable = read_shard  # (Shard, Location, **reader_kwargs) -> iterator of record dicts with "key"
     reader_kwargs: dict = field(default_factory=dict)
     find: Callable = find_shards  # (Location, fmt) -> list[Shard]
+    unit: str = "records"  # what one record is, for progress and summary: images, prompts
 
 
 @dataclass
@@ -283,7 +284,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
     pending = [s for s in shards if s.id not in done]
     echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
          f"{len(pending)} to do")
-    progress = Progress(job.name, len(pending), sum(s.size for s in pending), cfg.progress_interval)
+    progress = Progress(job.name, len(pending), sum(s.size for s in pending), cfg.progress_interval, unit=job.unit)
     failed = []
     if pending:
         started = _start_ray(cfg.address)
@@ -322,13 +323,13 @@ def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> 
     else:
         status = "complete" if complete else f"incomplete: {len(shards) - len(stats)} shards not done (rerun to retry)"
     return {
-        "job": job.name, "status": status, "complete": complete,
+        "job": job.name, "unit": job.unit, "status": status, "complete": complete,
         "input": cfg.input_uri, "output": cfg.output_uri,
         "shards": {"total": len(shards), "done": len(stats), "failed": n_failed,
                    "processed_this_run": progress.shards - n_failed, "skipped_already_done": skipped},
         "totals": totals,
         "this_run": {"records": progress.records, "rejects": progress.rejects, "seconds": round(progress.elapsed, 3),
-                     "images_per_s": round(progress.rate, 3)},
+                     "records_per_s": round(progress.rate, 3)},
         "reject_reasons": reasons, "failed_shards": failed, "settings": job.settings,
         "storage": options.describe(), "ray": {"address": cfg.address or "local", "actors": cfg.actors,
                                                "cpus_per_actor": cfg.cpus_per_actor,
