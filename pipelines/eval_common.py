@@ -53,7 +53,8 @@ def table_columns(shards: list[Shard], root: Location) -> list[str]:
         raise ShardError(f"{shards[0].uri}: not a readable Parquet file ({e})") from e
 
 
-def read_table(shard: Shard, loc: Location, text_columns: list[str], optional_columns: list[str] = ()) -> Iterator[dict]:
+def read_table(shard: Shard, loc: Location, text_columns: list[str],
+               optional_columns: list[str] = ()) -> Iterator[dict]:
     """Records ``{"key", <columns>, "error"}``; the key is the key column's value, else ``<shard>:<row index>``
     (as prompt_tables.py); a null or empty required text or a repeated key becomes the record's error."""
     import pyarrow.parquet as pq
@@ -178,7 +179,8 @@ def add_generation_args(p, model: str, steps: int, guidance: float, size: int | 
     g.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance (default {guidance})")
     g.add_argument("--size", type=int, default=size, help="image side in pixels (default: the model's own)")
     g.add_argument("--negative-prompt", help="one negative prompt for every image")
-    g.add_argument("--seeds", type=int, default=seeds, help=f"images per prompt, seeds SEED..SEED+N-1 (default {seeds})")
+    g.add_argument("--seeds", type=int, default=seeds,
+                   help=f"images per prompt, seeds SEED..SEED+N-1 (default {seeds})")
     g.add_argument("--seed", type=int, default=0, help="first seed (the same seeds for every row and column)")
     g.add_argument("--gen-batch-size", type=int, default=4, help="images per diffusion call")
     g.add_argument("--dtype", default="auto", choices=("auto", "fp16", "bf16", "fp32"),
@@ -207,7 +209,8 @@ def generation_settings(args) -> dict:
                            negative_prompt=args.negative_prompt, batch_size=args.gen_batch_size, dtype=args.dtype)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-    return {k: getattr(cfg, k) for k in ("model", "steps", "guidance", "size", "negative_prompt", "batch_size", "dtype")}
+    fields = ("model", "steps", "guidance", "size", "negative_prompt", "batch_size", "dtype")
+    return {k: getattr(cfg, k) for k in fields}
 
 
 def shard_job_config(args):
