@@ -70,3 +70,19 @@ def test_eval_rewrite_on_s3_scores_both_prompts_against_the_raw_one(ray_cluster,
     page = out.child("report.html").read_text()
     assert "a castle at dusk, matte painting" in page and page.count("<img ") == 4
     assert out.child("report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_rewrite_reads_a_promptmine_rewrite_output_folder(ray_cluster, tmp_path, tiny_lm_dir, rewrite_flags):
+    """The jobs chain: `rewrite` writes raw_prompt/prompt/key rows; `eval rewrite --input` that folder."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "t.parquet").write_bytes(table_bytes([{"prompt": p} for p in ("a cat", "a red castle")]))
+    assert main(["rewrite", "--input", str(tmp_path / "raw"), "--output", str(tmp_path / "rw"), "--model",
+                 str(tiny_lm_dir), "--max-new-tokens", "6", "--min-new-tokens", "3", "--actors", "1"]) == 0
+    assert main(["eval", "rewrite", "--input", str(tmp_path / "rw"), "--output", str(tmp_path / "ev"),
+                 *rewrite_flags, "--seeds", "1"]) == 0
+    rewritten = pd.read_parquet(tmp_path / "rw" / "rows").set_index("key")
+    scored = pd.read_parquet(tmp_path / "ev" / "rows").set_index("key")
+    rejects = pd.read_parquet(tmp_path / "ev" / "rejects")
+    assert sorted([*scored.index, *rejects["key"]]) == sorted(rewritten.index)  # the rewrite's own keys
+    assert (scored["prompt"] == rewritten.loc[scored.index, "prompt"]).all()
+    assert (scored["raw_prompt"] == rewritten.loc[scored.index, "raw_prompt"]).all() and len(scored) >= 1
