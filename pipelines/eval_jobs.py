@@ -110,7 +110,7 @@ def cmd_invert(args) -> int:
     settings = {"generation": generation, "reference_clip": args.reference_clip, "seeds": seeds,
                 "prompt_column": args.prompt_column, "baselines": baselines, "images": args.images}
     job = ShardJob(
-        name="eval-invert", processor=InvertEvalProcessor,
+        name="eval-invert", unit="prompts", processor=InvertEvalProcessor,
         processor_kwargs={"generation": generation, "reference_clip": args.reference_clip, "seeds": seeds,
                           "prompt_column": args.prompt_column, "baselines": baselines,
                           "batch_rows": args.batch_rows, "threads": _threads(args), "device": args.device},
@@ -154,7 +154,7 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
     settings = {k: v for k, v in scorer.items() if k not in ("threads", "device")}
     settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column, **extra})
     return ShardJob(
-        name=name, processor=processor,
+        name=name, unit="prompts", processor=processor,
         processor_kwargs={"scorer": scorer, "raw_column": args.raw_column, "prompt_column": args.prompt_column,
                           "batch_rows": args.batch_rows, **extra},
         row_schema=schema, settings=settings, reader=read_table,
