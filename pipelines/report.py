@@ -144,7 +144,8 @@ def render_sheet(kind: str, df, thumb: int = 128, text_width: int = 470):
     line_h, pad = 16, 8
     records = df.to_dict("records")
     blocks = [_score_lines(r, [c for c, _ in columns]) for r in records]
-    heights = [max(thumb + line_h, len(b) * line_h) + 2 * pad for b in blocks]
+    image_h = thumb + line_h if columns else 0  # text-only outputs (label, mine) get compact lines
+    heights = [max(image_h, len(b) * line_h) + 2 * pad for b in blocks]
     width = len(columns) * (thumb + pad) + text_width + 2 * pad
     sheet = Image.new("RGB", (width, sum(heights) + 2 * pad + 1), "white")
     draw = ImageDraw.Draw(sheet)
