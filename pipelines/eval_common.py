@@ -129,13 +129,10 @@ def isolate(run: Callable[[list], tuple[list, list]], records: list[dict], what:
 
 # ---- statistics ---------------------------------------------------------------------------------
 def _t_quantile(df: int) -> float:
-    """0.975 quantile of Student's t (scipy when installed, else the normal 1.96)."""
-    try:
-        from scipy.stats import t
+    """0.975 quantile of Student's t with ``df`` degrees of freedom."""
+    from scipy.stats import t
 
-        return float(t.ppf(0.975, df))
-    except ImportError:
-        return 1.959964
+    return float(t.ppf(0.975, df))
 
 
 def mean_ci(values) -> dict:

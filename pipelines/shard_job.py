@@ -257,7 +257,7 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     if not log.isEnabledFor(logging.INFO):  # Ray Data's plan/finish INFO lines only with -v
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-    reads = cfg.max_reads_in_flight or 2 * cfg.actors
+    reads = min(cfg.max_reads_in_flight or 2 * cfg.actors, len(pending))  # never more read tasks than shards
     items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map(_read_stage, fn_kwargs={"reader": job.reader, "reader_kwargs": job.reader_kwargs,
