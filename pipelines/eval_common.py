@@ -184,20 +184,6 @@ def add_generation_args(p, model: str, steps: int, guidance: float, size: int | 
                    help="pipeline dtype (auto: fp16 on GPU, fp32 on CPU)")
 
 
-def add_ray_args(p) -> None:
-    r = p.add_argument_group("Ray and storage")
-    r.add_argument("--actors", type=int, default=1, help="actor pool size: one set of models per actor (one per GPU)")
-    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")
-    r.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="CPUs reserved per actor (default 0.5 on CPU, 1 with GPUs)")
-    r.add_argument("--threads", type=int, default=0, help="torch threads per actor (default 1 on CPU)")
-    r.add_argument("--device", help="torch device in actors (default: cuda when present)")
-    r.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (default: start a local Ray)")
-    r.add_argument("--endpoint-url", help="S3-compatible endpoint; default: $AWS_ENDPOINT_URL")
-    r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
-                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain")
-
-
 def generation_settings(args) -> dict:
     """The GenerationConfig fields from the flags (validated by GenerationConfig itself)."""
     from pez_core.scoring import GenerationConfig
@@ -208,12 +194,3 @@ def generation_settings(args) -> dict:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     fields = ("model", "steps", "guidance", "size", "negative_prompt", "batch_size", "dtype")
     return {k: getattr(cfg, k) for k in fields}
-
-
-def shard_job_config(args):
-    from .shard_job import ShardJobConfig
-
-    return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
-                          cpus_per_actor=args.cpus_per_actor if args.cpus_per_actor is not None
-                          else (1.0 if args.gpus_per_actor else 0.5),
-                          gpus_per_actor=args.gpus_per_actor, input_format="parquet", address=args.address)

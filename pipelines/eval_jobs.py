@@ -19,44 +19,33 @@ from __future__ import annotations
 import json
 import logging
 
+from .job_cli import actor_threads, storage_options
+
 log = logging.getLogger(__name__)
 
 TABLE_HELP = "Parquet file, folder of Parquet files (one shard each), or a job output folder (its rows/)"
 
 
 # ---- running -----------------------------------------------------------------------------------------
-def run_job(job, args, metrics_fn, echo=print) -> int:
+def run_eval_job(job, args, metrics_fn, echo=print) -> int:
     """Run (or resume) a shard job, then compute metrics over all its rows; exit status 0 iff complete."""
-    from .cli import CLIError
-    from .eval_common import shard_job_config
-    from .shard_job import JobConflict, run_shard_job
-    from .shards import ShardError
-    from .storage import StorageError
+    from .job_cli import run_job
 
-    try:
-        summary = run_shard_job(job, shard_job_config(args), job_options(args), echo=echo)
-        out = job_options(args).resolve(args.output)
-        if summary["totals"]["rows"]:
-            import pyarrow.dataset as pads
+    def write_metrics(summary: dict) -> None:
+        if not summary["totals"]["rows"]:
+            return
+        import pyarrow.dataset as pads
 
-            columns = [c for c in job.row_schema().names if not c.endswith("image")]
-            df = pads.dataset(out.child("rows").path, filesystem=out.fs, format="parquet").to_table(
-                columns=columns).to_pandas()
-            summary["metrics"] = metrics_fn(df)
-            out.child("metrics.json").write_text(json.dumps(summary["metrics"], indent=1))
-            out.child("summary.json").write_text(json.dumps(summary, indent=1))
-            echo(format_metrics(summary["metrics"]))
-    except (ValueError, StorageError, ShardError, JobConflict, OSError) as e:
-        raise CLIError(str(e)) from e
-    return 0 if summary["complete"] else 1
+        out = storage_options(args).resolve(args.output)
+        columns = [c for c in job.row_schema().names if not c.endswith("image")]
+        df = pads.dataset(out.child("rows").path, filesystem=out.fs, format="parquet").to_table(
+            columns=columns).to_pandas()
+        summary["metrics"] = metrics_fn(df)
+        out.child("metrics.json").write_text(json.dumps(summary["metrics"], indent=1))
+        out.child("summary.json").write_text(json.dumps(summary, indent=1))
+        echo(format_metrics(summary["metrics"]))
 
-
-def job_options(args):
-    from .storage import StorageOptions
-
-    if not hasattr(args, "_options"):
-        args._options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
-    return args._options
+    return run_job(job, args, input_format="parquet", after=write_metrics, echo=echo)
 
 
 def format_metrics(metrics: dict, prefix: str = "") -> str:
@@ -73,15 +62,11 @@ def format_metrics(metrics: dict, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
-def _threads(args) -> int:
-    return args.threads or (1 if not args.gpus_per_actor else 0)
-
-
 def _check_columns(args, needed: list[str], find) -> None:
     from .cli import CLIError
     from .eval_common import table_columns
 
-    root = job_options(args).resolve(args.input)
+    root = storage_options(args).resolve(args.input)
     names = table_columns(find(root, "parquet"), root)
     missing = [c for c in needed if c not in names]
     if missing:
@@ -103,7 +88,7 @@ def cmd_invert(args) -> int:
     try:
         generation = generation_settings(args)
         _check_columns(args, [args.prompt_column, *baselines], find_tables)
-        images = image_shards(job_options(args).resolve(args.images))
+        images = image_shards(storage_options(args).resolve(args.images))
     except ValueError as e:
         raise CLIError(str(e)) from e
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -113,12 +98,12 @@ def cmd_invert(args) -> int:
         name="eval-invert", unit="prompts", processor=InvertEvalProcessor,
         processor_kwargs={"generation": generation, "reference_clip": args.reference_clip, "seeds": seeds,
                           "prompt_column": args.prompt_column, "baselines": baselines,
-                          "batch_rows": args.batch_rows, "threads": _threads(args), "device": args.device},
+                          "batch_rows": args.batch_rows, "threads": actor_threads(args), "device": args.device},
         row_schema=schema_for(tuple(baselines)), settings=settings, reader=read_mined,
         reader_kwargs={"images": images, "prompt_column": args.prompt_column, "baselines": baselines,
                        "image_column": args.image_column},
         find=find_tables)
-    return run_job(job, args, lambda df: metrics(df, baselines))
+    return run_eval_job(job, args, lambda df: metrics(df, baselines))
 
 
 # ---- eval rewrite and label --------------------------------------------------------------------------
@@ -150,7 +135,7 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
         raise CLIError(str(e)) from e
     seeds = list(range(args.seed, args.seed + args.seeds))
     scorer = {**_scorer_kwargs(args, clip), "generation": generation, "seeds": seeds,
-              "threads": _threads(args), "device": args.device}
+              "threads": actor_threads(args), "device": args.device}
     settings = {k: v for k, v in scorer.items() if k not in ("threads", "device")}
     settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column, **extra})
     return ShardJob(
@@ -165,14 +150,14 @@ def cmd_rewrite(args) -> int:
     from .eval_rewrite import RewriteEvalProcessor, rewrite_metrics, rewrite_schema
 
     job = _table_job(args, "eval-rewrite", RewriteEvalProcessor, rewrite_schema, {}, args.clip_score_model)
-    return run_job(job, args, rewrite_metrics)
+    return run_eval_job(job, args, rewrite_metrics)
 
 
 def cmd_label(args) -> int:
     from .eval_rewrite import LabelProcessor, label_metrics, label_schema
 
     job = _table_job(args, "label", LabelProcessor, label_schema, {"judge": args.judge}, None)
-    status = run_job(job, args, label_metrics)
+    status = run_eval_job(job, args, label_metrics)
     if status == 0:
         print(f"reward-model data: promptmine train reward --data {args.output.rstrip('/')}/rows ...")
     return status
@@ -205,7 +190,8 @@ def register(sub) -> None:
     from pez_core.scoring.defaults import DEFAULT_CLIP_SCORE_MODEL, DEFAULT_REFERENCE_CLIP
     from pez_core.scoring.defaults import BEAUTIFULPROMPT_GENERATOR, PEZ_GENERATOR
 
-    from .eval_common import add_generation_args, add_ray_args
+    from .eval_common import add_generation_args
+    from .job_cli import add_job_args
 
     ev = sub.add_parser("eval", help="score prompts by the images they produce (PEZ / BeautifulPrompt protocols)",
                         description="Evaluation jobs on Ray Data (resumable, per-shard output, metrics.json).")
@@ -224,7 +210,7 @@ def register(sub) -> None:
     inv.add_argument("--reference-clip", default=DEFAULT_REFERENCE_CLIP, metavar="CLIP",
                      help=f"reference CLIP: open_clip name/tag, preset or folder (default {DEFAULT_REFERENCE_CLIP})")
     add_generation_args(inv, PEZ_GENERATOR, steps=25, guidance=9.0, size=None, seeds=5)
-    add_ray_args(inv)
+    add_job_args(inv, model_noun="set of models", device=True)
     inv.set_defaults(func=cmd_invert)
 
     rw = evsub.add_parser(
@@ -236,7 +222,7 @@ def register(sub) -> None:
     rw.add_argument("--clip-score-model", default=DEFAULT_CLIP_SCORE_MODEL, metavar="CLIP",
                     help=f"CLIP for the text-image CLIP score (default {DEFAULT_CLIP_SCORE_MODEL})")
     add_generation_args(rw, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=1)
-    add_ray_args(rw)
+    add_job_args(rw, model_noun="set of models", device=True)
     rw.set_defaults(func=cmd_rewrite)
 
     lb = sub.add_parser(
@@ -249,5 +235,5 @@ def register(sub) -> None:
     lb.add_argument("--judge", choices=("raw", "prompt"), default="raw",
                     help="text PickScore compares each image with (BeautifulPrompt: the raw prompt)")
     add_generation_args(lb, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=8)
-    add_ray_args(lb)
+    add_job_args(lb, model_noun="set of models", device=True)
     lb.set_defaults(func=cmd_label)

@@ -117,6 +117,7 @@ class PEZProcessor:
 def build_job(args):
     from pez_core import PEZConfig
 
+    from .job_cli import actor_threads
     from .shard_job import ShardJob
 
     pez = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, lr=args.lr, seed=args.seed,
@@ -125,7 +126,7 @@ def build_job(args):
                   "patience": pez.patience, "ban": list(pez.ban), "safe_vocab": pez.safe_vocab}
     model = args.model or args.preset
     settings = {"model": model, "pretrained": args.pretrained, **pez_kwargs}
-    threads = args.threads or (1 if not args.gpus_per_actor else 0)
+    threads = actor_threads(args)
     return ShardJob(
         name="mine", unit="images", processor=PEZProcessor,
         processor_kwargs={"model": model, "pretrained": args.pretrained, "pez": pez_kwargs,
@@ -137,9 +138,7 @@ def build_job(args):
 
 def cmd_mine(args) -> int:
     from .cli import CLIError
-    from .shard_job import JobConflict, ShardJobConfig, run_shard_job
-    from .shards import ShardError
-    from .storage import StorageError, StorageOptions
+    from .job_cli import run_job
 
     if args.demo:
         return cmd_demo(args)
@@ -151,15 +150,9 @@ def cmd_mine(args) -> int:
         log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
     try:
         job = build_job(args)
-        cfg = ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
-                             cpus_per_actor=args.cpus_per_actor if args.cpus_per_actor is not None
-                             else (1.0 if args.gpus_per_actor else 0.5),
-                             gpus_per_actor=args.gpus_per_actor, input_format=args.format, address=args.address)
-        options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
-        summary = run_shard_job(job, cfg, options)
-    except (ValueError, StorageError, ShardError, JobConflict) as e:
+    except ValueError as e:
         raise CLIError(str(e)) from e
-    return 0 if summary["complete"] else 1
+    return run_job(job, args, input_format=args.format)
 
 
 def cmd_demo(args) -> int:
@@ -185,6 +178,7 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
+    from .job_cli import add_job_args
     from .pez_cli import add_model_args
 
     p = sub.add_parser(
@@ -208,16 +202,7 @@ def register(sub) -> None:
     p.add_argument("--ban", action="append", default=[], metavar="WORD", help="never use a token containing WORD")
     p.add_argument("--all-tokens", action="store_true", help="search the whole vocabulary, not only safe words")
     p.add_argument("--batch-size", type=int, default=32, help="images optimised together on one actor")
-    p.add_argument("--actors", type=int, default=1, help="actor pool size: one CLIP per actor (one per GPU)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")
-    p.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="CPUs reserved per actor (default 0.5 on CPU, 1 with GPUs; keep reads from starving)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default 1 on CPU)")
-    p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (e.g. auto, ray://head:10001); "
-                                                            "default: start a local Ray")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
-    p.add_argument("--credentials", choices=("forward", "worker"), default="forward",
-                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+    add_job_args(p, model_noun="CLIP")
     p.add_argument("--demo-shards", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--demo-images", type=int, default=8, help=argparse.SUPPRESS)
     p.set_defaults(func=_defaults_then_run, demo_run=False)

@@ -64,11 +64,7 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
         raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
     if rows_per_shard < 0:
         raise ValueError(f"rows_per_shard must be >= 0 (0: one shard per file), got {rows_per_shard}")
-    if root.exists() and not root.is_dir():  # a single file
-        files = [(root, 0)]
-        root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
-    else:
-        files = root.list_files()
+    root, files = root.input_files()  # a folder/prefix, or one file
     if not files:
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     shards = {}

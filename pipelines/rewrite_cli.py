@@ -5,7 +5,6 @@ The Ray Data batch job over prompt tables is ``promptmine rewrite`` (another mod
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time

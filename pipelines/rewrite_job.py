@@ -129,6 +129,7 @@ def build_job(args):
     from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
 
     from .prompt_tables import find_tables, read_table
+    from .job_cli import actor_threads
     from .shard_job import ShardJob
 
     gen = dataclasses.asdict(generation_config(args))
@@ -136,7 +137,7 @@ def build_job(args):
     settings = {"model": model, "template": args.template, "prompt_column": args.prompt_column,
                 "key_column": args.key_column, "rows_per_shard": args.rows_per_shard,
                 **{k: gen[k] for k in _GENERATION_KEYS}}
-    threads = args.threads or (1 if not args.gpus_per_actor else 0)
+    threads = actor_threads(args)
     return ShardJob(
         name="rewrite", unit="prompts", processor=RewriteProcessor,
         processor_kwargs={"model": model, "template": args.template, "generation": gen, "threads": threads,
@@ -178,26 +179,20 @@ def _check_model(model: str, address: str | None) -> None:
 
 def cmd_rewrite(args) -> int:
     from .cli import CLIError
-    from .shard_job import JobConflict, ShardJobConfig, run_shard_job
-    from .shards import ShardError
-    from .storage import StorageError, StorageOptions
+    from .job_cli import run_job
 
     try:
         _check_paths(args)
         job = build_job(args)
         _check_model(job.settings["model"], args.address)
-        cfg = ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors,
-                             cpus_per_actor=args.cpus_per_actor if args.cpus_per_actor is not None
-                             else (1.0 if args.gpus_per_actor else 0.5),
-                             gpus_per_actor=args.gpus_per_actor, input_format=args.format, address=args.address)
-        options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
-        summary = run_shard_job(job, cfg, options)
-    except (ValueError, StorageError, ShardError, JobConflict) as e:
+    except ValueError as e:
         raise CLIError(str(e)) from e
-    return 0 if summary["complete"] else 1
+    return run_job(job, args, input_format=args.format)
 
 
 def register(sub) -> None:
+    from .job_cli import add_job_args
+
     p = sub.add_parser(
         "rewrite", help="prompt tables in storage -> rewritten prompts by a BeautifulPrompt LM on Ray (resumable)",
         description="Rewrite every prompt of Parquet / CSV / JSON Lines tables (local or s3://; e.g. DiffusionDB "
@@ -216,14 +211,5 @@ def register(sub) -> None:
                         "resume inside one big file, e.g. DiffusionDB's metadata.parquet); default 0: a file "
                         "is a shard")
     add_generation_args(p)
-    p.add_argument("--actors", type=int, default=1, help="actor pool size: one model per actor (one per GPU)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")
-    p.add_argument("--cpus-per-actor", type=float, default=None,
-                   help="CPUs reserved per actor (default 0.5 on CPU, 1 with GPUs; keep reads from starving)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default 1 on CPU)")
-    p.add_argument("--address", metavar="ADDR", help="Ray cluster to join (e.g. auto, ray://head:10001); "
-                                                     "default: start a local Ray")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
-    p.add_argument("--credentials", choices=("forward", "worker"), default="forward",
-                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+    add_job_args(p)
     p.set_defaults(func=cmd_rewrite)

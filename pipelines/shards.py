@@ -62,11 +62,7 @@ def find_shards(root: Location, fmt: str = "auto") -> list[Shard]:
     """The shards under ``root`` (a folder or prefix, or one shard file), sorted by id."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown input format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if root.exists() and not root.is_dir():  # one shard file
-        files = [(root, 0)]
-        root = Location(posixpath.dirname(root.uri.rstrip("/")) or ".", root.options)
-    else:
-        files = root.list_files()
+    root, files = root.input_files()  # a folder/prefix, or one file
     if not files:
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     tars, parquets, image_dirs = {}, {}, {}

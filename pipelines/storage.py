@@ -191,6 +191,13 @@ class Location:
         files.sort(key=lambda i: i.path)
         return [(self.child(posixpath.relpath(i.path, self.path)), i.size) for i in files]
 
+    def input_files(self) -> tuple["Location", list[tuple["Location", int]]]:
+        """An input given as a folder/prefix or as one file: (the folder that ids are relative to,
+        the files with sizes). Empty when nothing is there."""
+        if self.exists() and not self.is_dir():
+            return Location(posixpath.dirname(self.uri.rstrip("/")) or ".", self.options), [(self, 0)]
+        return self, self.list_files()
+
     # ---- reads ----
     def read_bytes(self) -> bytes:
         try:

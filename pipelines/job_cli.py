@@ -1,0 +1,63 @@
+"""What every shard job's command shares (mine, rewrite, eval, label): the Ray and storage flags, the
+job config they make, and running the job with user errors turned into one-line CLI errors."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
+    """--actors, --gpus-per-actor, --cpus-per-actor, --threads, [--device], --address, --endpoint-url,
+    --credentials."""
+    r = p.add_argument_group("Ray and storage")
+    r.add_argument("--actors", type=int, default=1, help=f"actor pool size: one {model_noun} per actor (one per GPU)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (1 on GPU nodes; 0 = CPU)")
+    r.add_argument("--cpus-per-actor", type=float, default=None,
+                   help="CPUs reserved per actor (default 0.5 on CPU, 1 with GPUs; keep reads from starving)")
+    r.add_argument("--threads", type=int, default=0, help="torch threads per actor (default 1 on CPU)")
+    if device:
+        r.add_argument("--device", help="torch device in actors (default: cuda when present)")
+    r.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray")
+    r.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
+    r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
+                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+
+
+def actor_threads(args) -> int:
+    """Torch threads per actor: the flag, else 1 on CPU (actors share the cores), else torch's default."""
+    return args.threads or (1 if not args.gpus_per_actor else 0)
+
+
+def storage_options(args):
+    """The job's StorageOptions, resolved once per command from the AWS configuration and the flags."""
+    from .storage import StorageOptions
+
+    if getattr(args, "_storage_options", None) is None:
+        args._storage_options = StorageOptions.from_env(
+            args.endpoint_url, forward_credentials=args.credentials == "forward")
+    return args._storage_options
+
+
+def job_config(args, input_format: str = "auto"):
+    from .shard_job import ShardJobConfig
+
+    cpus = args.cpus_per_actor if args.cpus_per_actor is not None else (1.0 if args.gpus_per_actor else 0.5)
+    return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
+                          gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address)
+
+
+def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:
+    """Run (or resume) ``job``; then ``after(summary)`` if given. Exit status 0 iff every shard is done."""
+    from .cli import CLIError
+    from .shard_job import JobConflict, run_shard_job
+    from .shards import ShardError
+    from .storage import StorageError
+
+    try:
+        summary = run_shard_job(job, job_config(args, input_format), storage_options(args), echo=echo)
+        if after is not None:
+            after(summary)
+    except (ValueError, StorageError, ShardError, JobConflict, OSError) as e:
+        raise CLIError(str(e)) from e
+    return 0 if summary["complete"] else 1
