@@ -26,6 +26,7 @@ import os
 import pickle
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -263,12 +264,16 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     ds = ds.map(_read_stage, fn_kwargs={"reader": job.reader, "reader_kwargs": job.reader_kwargs,
                                         "options": options},
                 num_cpus=cfg.read_cpus, compute=ray.data.TaskPoolStrategy(size=reads))
-    ds = ds.map_batches(
-        _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
-        batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
-        max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for max_task_retries yet, so it goes through the deprecated
+        # ray_remote_args (removed in 2.64; pyproject pins 2.60.0): keep that warning out of users' logs.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        ds = ds.map_batches(
+            _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
+            batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+            max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
+        )
     yield from ds.iter_rows()
 
 
