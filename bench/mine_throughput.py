@@ -55,7 +55,7 @@ def pipeline(folder: Path, out: Path, actors: int, args) -> dict:
     from pipelines.storage import StorageOptions
 
     pez = {"steps": args.steps, "prompt_len": args.prompt_len}
-    job = ShardJob(name="mine", processor=PEZProcessor, row_schema=row_schema, settings=pez,
+    job = ShardJob(name="mine", unit="images", processor=PEZProcessor, row_schema=row_schema, settings=pez,
                    processor_kwargs={"model": args.preset, "pretrained": None, "pez": pez,
                                      "batch_size": args.batch_size, "threads": 1})
     cfg = ShardJobConfig(input_uri=str(folder), output_uri=str(out), actors=actors, cpus_per_actor=0.5,
