@@ -21,3 +21,14 @@ def tiny_gpt2_dir(tmp_path_factory):
     from pez_core.rewrite.tiny import build_tiny_lm
 
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), arch="gpt2", seed=0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,13 +10,7 @@ from pez_core.rewrite.ppo import AdaptiveKLController, PolicyWithValueHead, PPOC
 RAWS = ["a cat", "a dog at night", "a castle", "a robot in space"] * 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_config_defaults_are_the_papers_and_validated():

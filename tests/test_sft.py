@@ -19,13 +19,7 @@ PAIRS = [
     ("a dragon", "a dragon in space, trending on artstation, [smooth], photorealistic"),
 ]
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
