@@ -14,6 +14,8 @@ Errors name the URI and never a key.
 
 from __future__ import annotations
 
+import contextlib
+
 import functools
 import logging
 import os
@@ -199,31 +201,28 @@ class Location:
         return self, self.list_files()
 
     # ---- reads ----
-    def read_bytes(self) -> bytes:
+    @contextlib.contextmanager
+    def _read_errors(self, verb: str):
+        """Turn a read's OSError into a StorageError naming this URI (and never a credential)."""
         try:
-            with self.fs.open_input_stream(self.path) as f:
-                return f.read()
+            yield
         except FileNotFoundError:
             raise StorageError(f"{self.uri}: no such file") from None
         except OSError as e:
-            raise self._wrap("read", e) from None
+            raise self._wrap(verb, e) from None
+
+    def read_bytes(self) -> bytes:
+        with self._read_errors("read"), self.fs.open_input_stream(self.path) as f:
+            return f.read()
 
     def open_input_file(self):
         """A seekable file (pyarrow NativeFile), e.g. for Parquet row-group reads."""
-        try:
+        with self._read_errors("open"):
             return self.fs.open_input_file(self.path)
-        except FileNotFoundError:
-            raise StorageError(f"{self.uri}: no such file") from None
-        except OSError as e:
-            raise self._wrap("open", e) from None
 
     def open_input_stream(self):
-        try:
+        with self._read_errors("open"):
             return self.fs.open_input_stream(self.path)
-        except FileNotFoundError:
-            raise StorageError(f"{self.uri}: no such file") from None
-        except OSError as e:
-            raise self._wrap("open", e) from None
 
     # ---- writes ----
     def write_bytes(self, data: bytes) -> None:
