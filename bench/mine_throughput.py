@@ -27,9 +27,9 @@ def direct(folder: Path, args) -> dict:
     import torch
 
     from pez_core import PEZConfig, Target, Vocabulary, invert, load_clip
-    from pipelines.mine import key_seed
-    from pipelines.shards import decode_record, find_shards, read_shard
-    from pipelines.storage import Location
+    from pipelines.mine.cli import key_seed
+    from pipelines.io.shards import decode_record, find_shards, read_shard
+    from pipelines.io.storage import Location
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -50,9 +50,9 @@ def direct(folder: Path, args) -> dict:
 
 
 def pipeline(folder: Path, out: Path, actors: int, args) -> dict:
-    from pipelines.mine import PEZProcessor, row_schema
-    from pipelines.shard_job import ShardJob, ShardJobConfig, done_shards, run_shard_job
-    from pipelines.storage import StorageOptions
+    from pipelines.mine.cli import PEZProcessor, row_schema
+    from pipelines.jobs.shard_job import ShardJob, ShardJobConfig, done_shards, run_shard_job
+    from pipelines.io.storage import StorageOptions
 
     pez = {"steps": args.steps, "prompt_len": args.prompt_len}
     job = ShardJob(name="mine", unit="images", processor=PEZProcessor, row_schema=row_schema, settings=pez,
@@ -87,7 +87,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-    from pipelines.sample_shards import write_sample_shards
+    from pipelines.io.sample_shards import write_sample_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"

@@ -30,7 +30,7 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from pez_core import PEZConfig, Vocabulary, image_target, invert, invert_reference, load_clip
-    from pipelines.samples import make_sample_image
+    from pipelines.io.samples import make_sample_image
 
     spec, tag = MODELS[args.model]
     clip = load_clip(spec, pretrained=tag, device="cpu")

@@ -13,14 +13,14 @@ import sys
 
 # Modules that register subcommands, in the order `promptmine --help` lists them.
 JOB_MODULES = (
-    "pipelines.pez_cli",  # invert, distill, concat
-    "pipelines.rewrite_cli",  # pairs, rewrite-text (single machine)
-    "pipelines.mine",  # mine (Ray Data, resumable)
-    "pipelines.rewrite_job",  # rewrite (Ray Data over prompt tables, resumable)
-    "pipelines.train",  # train sft|reward|ppo (Ray Train)
-    "pipelines.serve_cli",  # serve (Ray Serve online API)
-    "pipelines.eval_jobs",  # eval invert|rewrite, label (Ray Data, resumable)
-    "pipelines.report",  # report (HTML page + PNG contact sheet of a job output)
+    "pipelines.pez.cli",  # invert, distill, concat
+    "pipelines.rewrite.cli",  # pairs, rewrite-text (single machine)
+    "pipelines.mine.cli",  # mine (Ray Data, resumable)
+    "pipelines.rewrite.job",  # rewrite (Ray Data over prompt tables, resumable)
+    "pipelines.train.cli",  # train sft|reward|ppo (Ray Train)
+    "serve.cli",  # serve (Ray Serve online API)
+    "pipelines.evaluate.cli",  # eval invert|rewrite, label (Ray Data, resumable)
+    "pipelines.evaluate.report",  # report (HTML page + PNG contact sheet of a job output)
 )
 
 

@@ -36,6 +36,6 @@ def tiny_clip(tiny_clip_dir):
 
 @pytest.fixture(scope="session")
 def sample_images():
-    from pipelines.samples import make_sample_image
+    from pipelines.io.samples import make_sample_image
 
     return [make_sample_image(seed) for seed in range(4)]

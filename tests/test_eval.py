@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from pipelines.sample_shards import sample_records, webdataset_bytes
-from pipelines.storage import StorageOptions
+from pipelines.io.sample_shards import sample_records, webdataset_bytes
+from pipelines.io.storage import StorageOptions
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from pipelines.storage import StorageOptions
+from pipelines.io.storage import StorageOptions
 
 PAIRS = [{"key": "a", "raw_prompt": "a cat", "prompt": "a cat, highly detailed, digital painting, artstation"},
          {"key": "b", "raw_prompt": "a castle", "prompt": "a castle at dusk, matte painting"},

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from pipelines.storage import StorageOptions
+from pipelines.io.storage import StorageOptions
 
 PAIRS = [
     [{"raw_prompt": "a cat", "prompt": "a cat, highly detailed, digital painting"},
@@ -61,7 +61,7 @@ def test_label_local_matches_manual_scores_and_feeds_reward_training(ray_cluster
     assert rows.loc["part-0:1", "pick_score_std"] == pytest.approx(pick.std().item(), abs=1e-3)
 
     # the training job's reader and required columns accept the rows folder as --data
-    from pipelines.train_loops import REQUIRED_COLUMNS, read_table
+    from pipelines.train.loops import REQUIRED_COLUMNS, read_table
 
     table = read_table(str(tmp_path / "labels" / "rows"), StorageOptions())
     needed = {*REQUIRED_COLUMNS["reward"], *REQUIRED_COLUMNS["ppo"], "pick_score", "aesthetic_score", "raw_prompt"}

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
-from pipelines.sample_shards import parquet_bytes, sample_records, webdataset_bytes
-from pipelines.storage import StorageOptions
+from pipelines.io.sample_shards import parquet_bytes, sample_records, webdataset_bytes
+from pipelines.io.storage import StorageOptions
 
 FAST = ["--steps", "3", "--prompt-len", "4", "--batch-size", "4", "--actors", "1"]
 ROW_COLUMNS = ["key", "shard", "caption", "prompt", "token_ids", "cosine", "model", "steps", "best_step", "seconds"]
@@ -92,7 +92,7 @@ def test_webdataset_and_parquet_from_s3_to_s3_with_bad_records(ray_cluster, s3_e
 
 
 def test_folder_of_images_local_and_key_seeds_independent_of_batching(ray_cluster, tmp_path):
-    from pipelines.samples import write_sample_images
+    from pipelines.io.samples import write_sample_images
 
     write_sample_images(tmp_path / "imgs", 3, size=48)
     write_sample_images(tmp_path / "imgs" / "more", 2, seed=10, size=48)

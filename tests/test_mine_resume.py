@@ -10,7 +10,7 @@ import time
 import pandas as pd
 
 from pipelines.cli import main
-from pipelines.storage import StorageOptions
+from pipelines.io.storage import StorageOptions
 from tests.test_mine import put_shards, read_output
 
 SHARDS = 10

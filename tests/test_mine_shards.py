@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pez_core import ImageError
-from pipelines.progress import Progress
-from pipelines.sample_shards import sample_jpeg, sample_records, webdataset_bytes
-from pipelines.shards import ShardError, decode_record, find_shards, read_shard
-from pipelines.storage import Location
+from pipelines.jobs.progress import Progress
+from pipelines.io.sample_shards import sample_jpeg, sample_records, webdataset_bytes
+from pipelines.io.shards import ShardError, decode_record, find_shards, read_shard
+from pipelines.io.storage import Location
 
 
 def _records(shard):

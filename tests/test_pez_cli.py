@@ -9,7 +9,7 @@ from pipelines.cli import main
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    from pipelines.samples import write_sample_images
+    from pipelines.io.samples import write_sample_images
 
     folder = tmp_path_factory.mktemp("imgs")
     paths = write_sample_images(folder, 2)

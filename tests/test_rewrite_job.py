@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
-from pipelines.storage import StorageOptions
+from pipelines.io.storage import StorageOptions
 
 ROW_COLUMNS = ["key", "shard", "raw_prompt", "prompt", "prompt_tokens", "new_tokens", "model", "template", "mode",
                "max_new_tokens", "generation", "seconds"]

@@ -1,10 +1,10 @@
-"""pipelines.storage: local and s3:// URIs through pyarrow, AWS config, endpoint override, no leaked secrets."""
+"""pipelines.io.storage: local and s3:// URIs through pyarrow, AWS config, endpoint override, no leaked secrets."""
 
 import os
 
 import pytest
 
-from pipelines.storage import Credentials, Location, StorageError, StorageOptions, split_uri
+from pipelines.io.storage import Credentials, Location, StorageError, StorageOptions, split_uri
 
 
 def test_split_uri_local_and_s3():

@@ -115,7 +115,7 @@ def run_pairs(args) -> int:
     from pez_core.rewrite.data import build_pairs, read_prompt_table, write_pairs
     from pez_core.rewrite.summarise import SummariserError
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     t0 = time.perf_counter()
     try:
@@ -191,7 +191,7 @@ def _register_rewrite_text(subparsers) -> None:
 def run_rewrite_text(args) -> int:
     from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID, GenerationConfig, PromptError, Rewriter
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     prompts = list(args.prompts)
     if args.file:

@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 
-from .eval_common import isolate, quiet_model_loading, thumbnail
+from pipelines.evaluate.common import isolate, quiet_model_loading, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class LabelProcessor(RewriteEvalProcessor):
 
 
 def rewrite_metrics(df) -> dict:
-    from .eval_common import mean_ci, paired
+    from pipelines.evaluate.common import mean_ci, paired
 
     out = {}
     for s in SCORES:
@@ -136,6 +136,6 @@ def rewrite_metrics(df) -> dict:
 
 
 def label_metrics(df) -> dict:
-    from .eval_common import mean_ci
+    from pipelines.evaluate.common import mean_ci
 
     return {s: mean_ci(df[s]) for s in ("pick_score", "aesthetic_score")}

@@ -31,7 +31,7 @@ def actor_threads(args) -> int:
 
 def storage_options(args):
     """The job's StorageOptions, resolved once per command from the AWS configuration and the flags."""
-    from .storage import StorageOptions
+    from pipelines.io.storage import StorageOptions
 
     if getattr(args, "_storage_options", None) is None:
         args._storage_options = StorageOptions.from_env(
@@ -40,7 +40,7 @@ def storage_options(args):
 
 
 def job_config(args, input_format: str = "auto"):
-    from .shard_job import ShardJobConfig
+    from pipelines.jobs.shard_job import ShardJobConfig
 
     cpus = args.cpus_per_actor if args.cpus_per_actor is not None else (1.0 if args.gpus_per_actor else 0.5)
     return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
@@ -49,10 +49,10 @@ def job_config(args, input_format: str = "auto"):
 
 def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:
     """Run (or resume) ``job``; then ``after(summary)`` if given. Exit status 0 iff every shard is done."""
-    from .cli import CLIError
-    from .shard_job import JobConflict, run_shard_job
-    from .shards import ShardError
-    from .storage import StorageError
+    from pipelines.cli import CLIError
+    from pipelines.jobs.shard_job import JobConflict, run_shard_job
+    from pipelines.io.shards import ShardError
+    from pipelines.io.storage import StorageError
 
     try:
         summary = run_shard_job(job, job_config(args, input_format), storage_options(args), echo=echo)

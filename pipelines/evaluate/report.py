@@ -94,7 +94,7 @@ font-family:monospace}img{width:128px;height:128px;object-fit:contain}"""
 
 
 def render_html(uri: str, kind: str, df, total: int, metrics: dict, reasons: dict) -> str:
-    from .eval_jobs import format_metrics
+    from pipelines.evaluate.cli import format_metrics
 
     images = [c for c, _ in image_columns(kind, df)]
     columns = ["key", *images, *[c for c in df.columns if c not in images and c != "key" and c not in HIDDEN]]
@@ -173,8 +173,8 @@ def render_sheet(kind: str, df, thumb: int = 128, text_width: int = 470):
 def cmd_report(args) -> int:
     import io
 
-    from .cli import CLIError
-    from .storage import StorageError, StorageOptions
+    from pipelines.cli import CLIError
+    from pipelines.io.storage import StorageError, StorageOptions
 
     if args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")

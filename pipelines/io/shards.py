@@ -24,7 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from .storage import Location
+from pipelines.io.storage import Location
 
 log = logging.getLogger(__name__)
 

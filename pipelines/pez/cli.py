@@ -48,7 +48,7 @@ def load_clip_from_args(args):
             return load_clip(args.model, pretrained=args.pretrained, device=args.device)
         return load_clip(args.preset, device=args.device)
     except (ValueError, FileNotFoundError) as e:
-        from .cli import CLIError
+        from pipelines.cli import CLIError
 
         raise CLIError(str(e)) from e
 
@@ -56,7 +56,7 @@ def load_clip_from_args(args):
 def config_from_args(args):
     from pez_core import PEZConfig
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     allow = None
     if args.allow_file is not None:
@@ -82,7 +82,7 @@ def run_with_progress(clip, targets, cfg, desc: str):
 
     from pez_core import Vocabulary, invert
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     try:
         vocab = Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, projection=cfg.projection)
@@ -105,7 +105,7 @@ def result_dict(result, **fields) -> dict:
 def cmd_invert(args) -> int:
     from pez_core import ImageError, image_target, load_image
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     images, errors = [], []
     for path in args.images:
@@ -137,7 +137,7 @@ def cmd_invert(args) -> int:
 def cmd_distill(args) -> int:
     from pez_core import text_target
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     if not args.prompt.strip():
         raise CLIError("PROMPT is empty")
@@ -160,7 +160,7 @@ def cmd_distill(args) -> int:
 def cmd_concat(args) -> int:
     from pez_core import concat_prompts
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     try:
         print(concat_prompts(args.prompts, sep=args.sep))
@@ -170,7 +170,7 @@ def cmd_concat(args) -> int:
 
 
 def cmd_samples(args) -> int:
-    from .samples import write_sample_images
+    from pipelines.io.samples import write_sample_images
 
     for path in write_sample_images(args.folder, args.count, seed=args.seed):
         print(path)

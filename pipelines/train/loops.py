@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .storage import StorageOptions
+from pipelines.io.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 

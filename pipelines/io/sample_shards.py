@@ -11,7 +11,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from .samples import make_sample_image
+from pipelines.io.samples import make_sample_image
 
 
 def sample_jpeg(seed: int, size: int = 96) -> bytes:

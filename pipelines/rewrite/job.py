@@ -128,9 +128,9 @@ def build_job(args):
 
     from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
 
-    from .prompt_tables import find_tables, read_table
-    from .job_cli import actor_threads
-    from .shard_job import ShardJob
+    from pipelines.io.prompt_tables import find_tables, read_table
+    from pipelines.jobs.cli import actor_threads
+    from pipelines.jobs.shard_job import ShardJob
 
     gen = dataclasses.asdict(generation_config(args))
     model = args.model or DEFAULT_MODEL_ID
@@ -150,8 +150,8 @@ def build_job(args):
 
 def _check_paths(args) -> None:
     """Refuse an output inside the input: its Parquet files would be read as input by the next run."""
-    from .cli import CLIError
-    from .storage import split_uri
+    from pipelines.cli import CLIError
+    from pipelines.io.storage import split_uri
 
     (s_in, p_in), (s_out, p_out) = split_uri(args.input), split_uri(args.output)
     if s_in == s_out and (p_out == p_in or p_out.startswith(p_in.rstrip("/") + "/")):
@@ -164,7 +164,7 @@ def _check_model(model: str, address: str | None) -> None:
     import os
     from pathlib import Path
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     if model.startswith((".", "/", "~")) or Path(model).expanduser().exists():
         if not (Path(model).expanduser() / "config.json").is_file():
@@ -178,8 +178,8 @@ def _check_model(model: str, address: str | None) -> None:
 
 
 def cmd_rewrite(args) -> int:
-    from .cli import CLIError
-    from .job_cli import run_job
+    from pipelines.cli import CLIError
+    from pipelines.jobs.cli import run_job
 
     try:
         _check_paths(args)
@@ -191,7 +191,7 @@ def cmd_rewrite(args) -> int:
 
 
 def register(sub) -> None:
-    from .job_cli import add_job_args
+    from pipelines.jobs.cli import add_job_args
 
     p = sub.add_parser(
         "rewrite", help="prompt tables in storage -> rewritten prompts by a BeautifulPrompt LM on Ray (resumable)",

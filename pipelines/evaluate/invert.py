@@ -18,9 +18,9 @@ import functools
 import logging
 import time
 
-from .eval_common import isolate, quiet_model_loading, read_table, thumbnail
-from .shards import Shard, read_shard
-from .storage import Location
+from pipelines.evaluate.common import isolate, quiet_model_loading, read_table, thumbnail
+from pipelines.io.shards import Shard, read_shard
+from pipelines.io.storage import Location
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class InvertEvalProcessor:
 
 def metrics(df, baselines: list[str]) -> dict:
     """Mean similarity with its 95% CI per column, and prompt-minus-baseline paired differences."""
-    from .eval_common import mean_ci, paired
+    from pipelines.evaluate.common import mean_ci, paired
 
     out = {"similarity": {"prompt": mean_ci(df["similarity"])}}
     for b in baselines:
@@ -138,6 +138,6 @@ def metrics(df, baselines: list[str]) -> dict:
 
 def image_shards(root: Location, fmt: str = "auto") -> dict:
     """Image shard id -> the Shard as a dict (what the reader needs to find a table's targets)."""
-    from .shards import find_shards
+    from pipelines.io.shards import find_shards
 
     return {s.id: dataclasses.asdict(s) for s in find_shards(root, fmt)}

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .progress import Progress, format_summary
-from .shards import Shard, ShardError, find_shards, read_shard
-from .storage import Location, StorageOptions
+from pipelines.jobs.progress import Progress, format_summary
+from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
+from pipelines.io.storage import Location, StorageOptions
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def overrides(args) -> dict:
     """App arguments given on the command line (only those given)."""
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     out = {k: v for k, v in (("preset", args.preset), ("rewrite_model", args.rewrite_model),
                              ("clip_model", args.clip_model), ("clip_pretrained", args.clip_pretrained))
@@ -70,7 +70,7 @@ def load_config(path: Path, args, app_overrides: dict):
 
     from serve.settings import AppArgs
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     try:
         raw = yaml.safe_load(path.read_text())
@@ -122,7 +122,7 @@ def apply_to_deployments(app, app_overrides: dict) -> None:
 def wait_running(names: list[str], timeout: float = 600) -> None:
     from ray import serve
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     end = time.time() + timeout
     while time.time() < end:
@@ -157,7 +157,7 @@ def run(args) -> int:
 
     from serve.settings import AppArgs
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     _stop_on_signals()
     app_overrides = overrides(args)

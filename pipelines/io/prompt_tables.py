@@ -32,8 +32,8 @@ import logging
 import posixpath
 from typing import Iterator
 
-from .shards import Shard, ShardError
-from .storage import Location
+from pipelines.io.shards import Shard, ShardError
+from pipelines.io.storage import Location
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ class PEZProcessor:
     def _decode(self, shard_id, records):
         from pez_core import ImageError
 
-        from .shards import decode_record
+        from pipelines.io.shards import decode_record
 
         ok, images, rejects = [], [], []
         for rec in records:
@@ -117,8 +117,8 @@ class PEZProcessor:
 def build_job(args):
     from pez_core import PEZConfig
 
-    from .job_cli import actor_threads
-    from .shard_job import ShardJob
+    from pipelines.jobs.cli import actor_threads
+    from pipelines.jobs.shard_job import ShardJob
 
     pez = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, lr=args.lr, seed=args.seed,
                     patience=args.patience, ban=tuple(args.ban), safe_vocab=not args.all_tokens)
@@ -137,8 +137,8 @@ def build_job(args):
 
 
 def cmd_mine(args) -> int:
-    from .cli import CLIError
-    from .job_cli import run_job
+    from pipelines.cli import CLIError
+    from pipelines.jobs.cli import run_job
 
     if args.demo:
         return cmd_demo(args)
@@ -159,7 +159,7 @@ def cmd_demo(args) -> int:
     """Write sample shards to DIR/input, mine them to DIR/output with the tiny preset, show rows."""
     import pandas as pd
 
-    from .sample_shards import write_sample_shards
+    from pipelines.io.sample_shards import write_sample_shards
 
     folder = Path(args.demo)
     write_sample_shards(folder / "input", shards=args.demo_shards, per_shard=args.demo_images)
@@ -178,8 +178,8 @@ def cmd_demo(args) -> int:
 
 
 def register(sub) -> None:
-    from .job_cli import add_job_args
-    from .pez_cli import add_model_args
+    from pipelines.jobs.cli import add_job_args
+    from pipelines.pez.cli import add_model_args
 
     p = sub.add_parser(
         "mine", help="images in storage -> image-prompt Parquet by PEZ on Ray (resumable)",

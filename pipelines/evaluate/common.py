@@ -14,8 +14,8 @@ import math
 import posixpath
 from typing import Callable, Iterator
 
-from .shards import Shard, ShardError
-from .storage import Location
+from pipelines.io.shards import Shard, ShardError
+from pipelines.io.storage import Location
 
 log = logging.getLogger(__name__)
 

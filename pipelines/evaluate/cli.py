@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 
-from .job_cli import actor_threads, storage_options
+from pipelines.jobs.cli import actor_threads, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ TABLE_HELP = "Parquet file, folder of Parquet files (one shard each), or a job o
 # ---- running -----------------------------------------------------------------------------------------
 def run_eval_job(job, args, metrics_fn, echo=print) -> int:
     """Run (or resume) a shard job, then compute metrics over all its rows; exit status 0 iff complete."""
-    from .job_cli import run_job
+    from pipelines.jobs.cli import run_job
 
     def write_metrics(summary: dict) -> None:
         if not summary["totals"]["rows"]:
@@ -50,7 +50,7 @@ def run_eval_job(job, args, metrics_fn, echo=print) -> int:
 
 def format_metrics(metrics: dict, prefix: str = "") -> str:
     """Nested metrics -> aligned lines 'name  mean [lo, hi] (n=..)'."""
-    from .eval_common import format_ci
+    from pipelines.evaluate.common import format_ci
 
     lines = [] if prefix else ["metrics (mean [95% CI]):"]
     for name, value in metrics.items():
@@ -63,8 +63,8 @@ def format_metrics(metrics: dict, prefix: str = "") -> str:
 
 
 def _check_columns(args, needed: list[str], find) -> None:
-    from .cli import CLIError
-    from .eval_common import table_columns
+    from pipelines.cli import CLIError
+    from pipelines.evaluate.common import table_columns
 
     root = storage_options(args).resolve(args.input)
     names = table_columns(find(root, "parquet"), root)
@@ -75,10 +75,10 @@ def _check_columns(args, needed: list[str], find) -> None:
 
 # ---- eval invert -------------------------------------------------------------------------------------
 def cmd_invert(args) -> int:
-    from .cli import CLIError
-    from .eval_common import find_tables, generation_settings
-    from .eval_invert import InvertEvalProcessor, image_shards, metrics, read_mined, schema_for
-    from .shard_job import ShardJob
+    from pipelines.cli import CLIError
+    from pipelines.evaluate.common import find_tables, generation_settings
+    from pipelines.evaluate.invert import InvertEvalProcessor, image_shards, metrics, read_mined, schema_for
+    from pipelines.jobs.shard_job import ShardJob
 
     baselines = list(dict.fromkeys(args.baseline_column))
     bad = [b for b in baselines if b in ("key", "shard", "prompt", "seconds", "image", "target_image")
@@ -108,7 +108,7 @@ def cmd_invert(args) -> int:
 
 # ---- eval rewrite and label --------------------------------------------------------------------------
 def _scorer_kwargs(args, clip: str | None) -> dict:
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     if not args.aesthetic_weights:
         raise CLIError("--aesthetic-weights PATH is required: the LAION predictor's weights file "
@@ -124,9 +124,9 @@ def _scorer_kwargs(args, clip: str | None) -> dict:
 
 
 def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None):
-    from .cli import CLIError
-    from .eval_common import find_tables, generation_settings, read_table
-    from .shard_job import ShardJob
+    from pipelines.cli import CLIError
+    from pipelines.evaluate.common import find_tables, generation_settings, read_table
+    from pipelines.jobs.shard_job import ShardJob
 
     try:
         generation = generation_settings(args)
@@ -147,14 +147,14 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
 
 
 def cmd_rewrite(args) -> int:
-    from .eval_rewrite import RewriteEvalProcessor, rewrite_metrics, rewrite_schema
+    from pipelines.evaluate.rewrite import RewriteEvalProcessor, rewrite_metrics, rewrite_schema
 
     job = _table_job(args, "eval-rewrite", RewriteEvalProcessor, rewrite_schema, {}, args.clip_score_model)
     return run_eval_job(job, args, rewrite_metrics)
 
 
 def cmd_label(args) -> int:
-    from .eval_rewrite import LabelProcessor, label_metrics, label_schema
+    from pipelines.evaluate.rewrite import LabelProcessor, label_metrics, label_schema
 
     job = _table_job(args, "label", LabelProcessor, label_schema, {"judge": args.judge}, None)
     status = run_eval_job(job, args, label_metrics)
@@ -190,8 +190,8 @@ def register(sub) -> None:
     from pez_core.scoring.defaults import DEFAULT_CLIP_SCORE_MODEL, DEFAULT_REFERENCE_CLIP
     from pez_core.scoring.defaults import BEAUTIFULPROMPT_GENERATOR, PEZ_GENERATOR
 
-    from .eval_common import add_generation_args
-    from .job_cli import add_job_args
+    from pipelines.evaluate.common import add_generation_args
+    from pipelines.jobs.cli import add_job_args
 
     ev = sub.add_parser("eval", help="score prompts by the images they produce (PEZ / BeautifulPrompt protocols)",
                         description="Evaluation jobs on Ray Data (resumable, per-shard output, metrics.json).")

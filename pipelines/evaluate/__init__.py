@@ -1,0 +1,1 @@
+"""The papers' evaluations and reward labels as Ray jobs (eval invert, eval rewrite, label) and the report."""

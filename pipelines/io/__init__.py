@@ -1,0 +1,1 @@
+"""Where promptmine reads and writes data: storage URIs, image shards, prompt tables, sample inputs."""

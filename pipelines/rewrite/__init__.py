@@ -1,0 +1,1 @@
+"""BeautifulPrompt rewriting: training pairs, rewrite-text on one machine, and the batch rewrite job on Ray."""

@@ -1,0 +1,1 @@
+"""Ray Train jobs: BeautifulPrompt's SFT, reward-model and PPO stages."""
