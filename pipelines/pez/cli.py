@@ -2,78 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 from pathlib import Path
 
+from pipelines.pez.args import add_model_args, add_pez_args, load_clip_from_args, pez_config
+
 log = logging.getLogger(__name__)
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """The CLIP to optimise against: a preset, or an open_clip name with a tag, file or folder."""
-    from pez_core.presets import PRESETS  # data only: no torch import
-
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                   help="CLIP preset: sd15 (ViT-L-14/openai), sd2 (ViT-H-14, the paper's), sdxl (ViT-bigG-14), "
-                        "tiny (random weights, offline; the default for demos)")
-    p.add_argument("--model", help="open_clip model name or a folder with open_clip_config.json (overrides --preset)")
-    p.add_argument("--pretrained", help="with --model: a pretrained tag, a checkpoint file, or 'random'")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-
-
-def add_pez_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=3000, help="optimisation steps (paper: 3000; ~200 often enough)")
-    p.add_argument("--prompt-len", type=int, default=16, help="tokens in the hard prompt (paper: 16)")
-    p.add_argument("--lr", type=float, default=0.1, help="AdamW learning rate (paper: 0.1)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (paper: 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initial prompts")
-    p.add_argument("--patience", type=int, help="stop a target after this many steps without improvement")
-    p.add_argument("--ban", action="append", default=[], metavar="WORD",
-                   help="never use a token containing WORD (repeatable)")
-    p.add_argument("--allow-file", type=Path, help="keyword bank: only tokens of the words in this file (one per line)")
-    p.add_argument("--all-tokens", action="store_true",
-                   help="search the whole vocabulary, not only round-trip-safe whole words (as the authors' code)")
-    p.add_argument("--json", action="store_true", help="print results as JSON")
-
-
-def load_clip_from_args(args):
-    from pez_core import load_clip
-
-    if args.preset == "tiny" and not args.model:
-        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
-    try:
-        if args.model:
-            return load_clip(args.model, pretrained=args.pretrained, device=args.device)
-        return load_clip(args.preset, device=args.device)
-    except (ValueError, FileNotFoundError) as e:
-        from pipelines.cli import CLIError
-
-        raise CLIError(str(e)) from e
-
-
-def config_from_args(args):
-    from pez_core import PEZConfig
-
-    from pipelines.cli import CLIError
-
-    allow = None
-    if args.allow_file is not None:
-        try:
-            allow = [w.strip() for w in args.allow_file.read_text().splitlines() if w.strip()]
-        except OSError as e:
-            raise CLIError(f"--allow-file {args.allow_file}: {e.strerror or e}") from e
-        if not allow:
-            raise CLIError(f"--allow-file {args.allow_file}: no words in it")
-    try:
-        return PEZConfig(
-            prompt_len=args.prompt_len, steps=args.steps, lr=args.lr, weight_decay=args.weight_decay,
-            seed=args.seed, patience=args.patience, ban=tuple(args.ban), allow=allow,
-            safe_vocab=not args.all_tokens,
-        )
-    except ValueError as e:
-        raise CLIError(str(e)) from e
 
 
 def run_with_progress(clip, targets, cfg, desc: str):
@@ -115,7 +51,7 @@ def cmd_invert(args) -> int:
             errors.append(str(e))
     if errors:
         raise CLIError("cannot use these inputs:\n  " + "\n  ".join(errors))
-    cfg = config_from_args(args)
+    cfg = pez_config(args)
     clip = load_clip_from_args(args)
     if args.shared:
         targets, names = [image_target(clip, images, seed=cfg.seed)], [[str(p) for p in args.images]]
@@ -141,7 +77,7 @@ def cmd_distill(args) -> int:
 
     if not args.prompt.strip():
         raise CLIError("PROMPT is empty")
-    cfg = config_from_args(args)
+    cfg = pez_config(args)
     clip = load_clip_from_args(args)
     n_long = len(clip.tokenize(args.prompt))
     if n_long > clip.context_length - 2:
@@ -183,15 +119,17 @@ def register(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--shared", action="store_true", help="one prompt for all images (a shared style)")
     add_model_args(p)
-    add_pez_args(p)
+    add_pez_args(p, "invert")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=cmd_invert)
 
     p = sub.add_parser("distill", help="long prompt -> short hard prompt (PEZ)",
                        description="Find a short prompt whose CLIP text features match a long prompt's.")
     p.add_argument("prompt", metavar="PROMPT", help="the long prompt")
     add_model_args(p)
-    add_pez_args(p)
-    p.set_defaults(func=cmd_distill, prompt_len=8)
+    add_pez_args(p, "distill")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("concat", help="join learned prompts, checking they fit CLIP's 75 tokens")
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
