@@ -87,7 +87,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
-    from pipelines.io.sample_shards import write_sample_shards
+    from pipelines.io.samples import write_sample_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"

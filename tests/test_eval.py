@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from pipelines.io.sample_shards import sample_records, webdataset_bytes
+from pipelines.io.samples import sample_records, webdataset_bytes
 from pipelines.io.storage import StorageOptions
 
 

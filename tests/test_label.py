@@ -61,9 +61,10 @@ def test_label_local_matches_manual_scores_and_feeds_reward_training(ray_cluster
     assert rows.loc["part-0:1", "pick_score_std"] == pytest.approx(pick.std().item(), abs=1e-3)
 
     # the training job's reader and required columns accept the rows folder as --data
-    from pipelines.train.loops import REQUIRED_COLUMNS, read_table
+    from pipelines.io.parquet import read_frame
+    from pipelines.train.loops import REQUIRED_COLUMNS
 
-    table = read_table(str(tmp_path / "labels" / "rows"), StorageOptions())
+    table = read_frame(str(tmp_path / "labels" / "rows"), StorageOptions())
     needed = {*REQUIRED_COLUMNS["reward"], *REQUIRED_COLUMNS["ppo"], "pick_score", "aesthetic_score", "raw_prompt"}
     assert needed <= set(table.columns) and len(table) == 3
     assert table["pick_score"].between(-100, 100).all() and table["aesthetic_score"].notna().all()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.cli import main
-from pipelines.io.sample_shards import parquet_bytes, sample_records, webdataset_bytes
+from pipelines.io.samples import parquet_bytes, sample_records, webdataset_bytes
 from pipelines.io.storage import StorageOptions
 
 FAST = ["--steps", "3", "--prompt-len", "4", "--batch-size", "4", "--actors", "1"]

@@ -9,7 +9,7 @@ import pytest
 
 from pez_core import ImageError
 from pipelines.jobs.progress import Progress
-from pipelines.io.sample_shards import sample_jpeg, sample_records, webdataset_bytes
+from pipelines.io.samples import sample_jpeg, sample_records, webdataset_bytes
 from pipelines.io.shards import ShardError, decode_record, find_shards, read_shard
 from pipelines.io.storage import Location
 

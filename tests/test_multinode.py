@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.io.sample_shards import sample_records, write_sample_shards
+from pipelines.io.samples import sample_records, write_sample_shards
 
 SHARDS = 10
 PER_SHARD = 3

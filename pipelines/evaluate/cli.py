@@ -50,7 +50,7 @@ def run_eval_job(job, args, metrics_fn, echo=print) -> int:
 
 def format_metrics(metrics: dict, prefix: str = "") -> str:
     """Nested metrics -> aligned lines 'name  mean [lo, hi] (n=..)'."""
-    from pipelines.evaluate.common import format_ci
+    from pipelines.evaluate.stats import format_ci
 
     lines = [] if prefix else ["metrics (mean [95% CI]):"]
     for name, value in metrics.items():
@@ -64,10 +64,11 @@ def format_metrics(metrics: dict, prefix: str = "") -> str:
 
 def _check_columns(args, needed: list[str], find) -> None:
     from pipelines.cli import CLIError
-    from pipelines.evaluate.common import table_columns
+    from pipelines.io.parquet import column_names
 
     root = storage_options(args).resolve(args.input)
-    names = table_columns(find(root, "parquet"), root)
+    first = find(root, "parquet")[0]
+    names = column_names(first.uri, root.options.resolve(first.uri))
     missing = [c for c in needed if c not in names]
     if missing:
         raise CLIError(f"{args.input}: no column(s) {', '.join(missing)} (columns: {', '.join(names)})")
@@ -76,7 +77,7 @@ def _check_columns(args, needed: list[str], find) -> None:
 # ---- eval invert -------------------------------------------------------------------------------------
 def cmd_invert(args) -> int:
     from pipelines.cli import CLIError
-    from pipelines.evaluate.common import find_tables, generation_settings
+    from pipelines.io.prompt_tables import find_tables
     from pipelines.evaluate.invert import InvertEvalProcessor, image_shards, metrics, read_mined, schema_for
     from pipelines.jobs.shard_job import ShardJob
 
@@ -125,7 +126,7 @@ def _scorer_kwargs(args, clip: str | None) -> dict:
 
 def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None):
     from pipelines.cli import CLIError
-    from pipelines.evaluate.common import find_tables, generation_settings, read_table
+    from pipelines.io.prompt_tables import find_tables, read_columns
     from pipelines.jobs.shard_job import ShardJob
 
     try:
@@ -142,7 +143,7 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
         name=name, unit="prompts", processor=processor,
         processor_kwargs={"scorer": scorer, "raw_column": args.raw_column, "prompt_column": args.prompt_column,
                           "batch_rows": args.batch_rows, **extra},
-        row_schema=schema, settings=settings, reader=read_table,
+        row_schema=schema, settings=settings, reader=read_columns,
         reader_kwargs={"text_columns": [args.raw_column, args.prompt_column]}, find=find_tables)
 
 
@@ -154,7 +155,7 @@ def cmd_rewrite(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from pipelines.evaluate.rewrite import LabelProcessor, label_metrics, label_schema
+    from pipelines.evaluate.label import LabelProcessor, label_metrics, label_schema
 
     job = _table_job(args, "label", LabelProcessor, label_schema, {"judge": args.judge}, None)
     status = run_eval_job(job, args, label_metrics)
@@ -164,6 +165,34 @@ def cmd_label(args) -> int:
 
 
 # ---- command line ------------------------------------------------------------------------------------
+def add_generation_args(p, model: str, steps: int, guidance: float, size: int | None, seeds: int) -> None:
+    g = p.add_argument_group("generation (diffusers)")
+    g.add_argument("--generator", default=model, metavar="ID_OR_PATH",
+                   help=f"text-to-image model id or save_pretrained folder: SD 1.x, SD 2.x or SDXL (default {model})")
+    g.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
+    g.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance (default {guidance})")
+    g.add_argument("--size", type=int, default=size, help="image side in pixels (default: the model's own)")
+    g.add_argument("--negative-prompt", help="one negative prompt for every image")
+    g.add_argument("--seeds", type=int, default=seeds,
+                   help=f"images per prompt, seeds SEED..SEED+N-1 (default {seeds})")
+    g.add_argument("--seed", type=int, default=0, help="first seed (the same seeds for every row and column)")
+    g.add_argument("--gen-batch-size", type=int, default=4, help="images per diffusion call")
+    g.add_argument("--dtype", default="auto", choices=("auto", "fp16", "bf16", "fp32"),
+                   help="pipeline dtype (auto: fp16 on GPU, fp32 on CPU)")
+
+
+def generation_settings(args) -> dict:
+    """The GenerationConfig fields from the flags (validated by GenerationConfig itself)."""
+    from pez_core.scoring import GenerationConfig
+
+    cfg = GenerationConfig(model=args.generator, steps=args.steps, guidance=args.guidance, size=args.size,
+                           negative_prompt=args.negative_prompt, batch_size=args.gen_batch_size, dtype=args.dtype)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    fields = ("model", "steps", "guidance", "size", "negative_prompt", "batch_size", "dtype")
+    return {k: getattr(cfg, k) for k in fields}
+
+
 def _io_args(p, input_help: str) -> None:
     p.add_argument("--input", required=True, metavar="URI", help=input_help)
     p.add_argument("--output", required=True, metavar="URI", help="output folder or s3://bucket/prefix")
@@ -190,7 +219,6 @@ def register(sub) -> None:
     from pez_core.scoring.defaults import DEFAULT_CLIP_SCORE_MODEL, DEFAULT_REFERENCE_CLIP
     from pez_core.scoring.defaults import BEAUTIFULPROMPT_GENERATOR, PEZ_GENERATOR
 
-    from pipelines.evaluate.common import add_generation_args
     from pipelines.jobs.cli import add_job_args
 
     ev = sub.add_parser("eval", help="score prompts by the images they produce (PEZ / BeautifulPrompt protocols)",

@@ -18,7 +18,8 @@ import functools
 import logging
 import time
 
-from pipelines.evaluate.common import isolate, quiet_model_loading, read_table, thumbnail
+from pipelines.evaluate.actor import isolate, quiet_model_loading, thumbnail
+from pipelines.io.prompt_tables import read_columns
 from pipelines.io.shards import Shard, read_shard
 from pipelines.io.storage import Location
 
@@ -46,7 +47,7 @@ def schema_for(baselines: tuple[str, ...]):
 def read_mined(shard: Shard, loc: Location, images: dict, prompt_column: str, baselines: list[str],
                image_column: str | None = None):
     """Records of one mined table joined with their target images (same shard id, same key)."""
-    records = list(read_table(shard, loc, [prompt_column], baselines))
+    records = list(read_columns(shard, loc, [prompt_column], baselines))
     source = images.get(shard.id)
     if source is None:
         for r in records:
@@ -127,7 +128,7 @@ class InvertEvalProcessor:
 
 def metrics(df, baselines: list[str]) -> dict:
     """Mean similarity with its 95% CI per column, and prompt-minus-baseline paired differences."""
-    from pipelines.evaluate.common import mean_ci, paired
+    from pipelines.evaluate.stats import mean_ci, paired
 
     out = {"similarity": {"prompt": mean_ci(df["similarity"])}}
     for b in baselines:

@@ -1,6 +1,6 @@
-"""``promptmine eval rewrite`` and ``promptmine label``: BeautifulPrompt's image-based scores.
+"""``promptmine eval rewrite``: BeautifulPrompt's image-based scores of raw vs rewritten prompts.
 
-Both generate images from prompts and judge each image against the RAW prompt (the user's intent):
+Both this and ``label`` (label.py, which reuses the scorer here) generate images from prompts and judge each image against the RAW prompt (the user's intent):
 PickScore(raw, image), the LAION aesthetic score of the image, and (eval only) the CLIP score
 100 * max(cos(raw, image), 0).
 
@@ -11,7 +11,7 @@ PickScore(raw, image), the LAION aesthetic score of the image, and (eval only) t
   aesthetic_score averaged over them: the columns ``promptmine train reward`` reads
   (``--data OUTPUT/rows``).
 
-Rows files: see :func:`rewrite_schema` and :func:`label_schema`.
+Rows file: see :func:`rewrite_schema`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import functools
 import logging
 import time
 
-from pipelines.evaluate.common import isolate, quiet_model_loading, thumbnail
+from pipelines.evaluate.actor import isolate, quiet_model_loading, thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ def rewrite_schema():
         fields += [(f"raw_{s}", pa.float32()), (s, pa.float32())]
     fields += [("raw_image", pa.binary()), ("image", pa.binary()), ("seconds", pa.float32())]
     return pa.schema(fields)
-
-
-def label_schema():
-    import pyarrow as pa
-
-    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("raw_prompt", pa.string()),
-                      ("prompt", pa.string()), ("pick_score", pa.float32()), ("aesthetic_score", pa.float32()),
-                      ("pick_score_std", pa.float32()), ("aesthetic_score_std", pa.float32()),
-                      ("seeds", pa.int32()), ("seconds", pa.float32())])
 
 
 class ImageScorer:
@@ -105,37 +96,11 @@ class RewriteEvalProcessor:
         return rows, []
 
 
-class LabelProcessor(RewriteEvalProcessor):
-    def __init__(self, scorer: dict, raw_column: str, prompt_column: str, judge: str = "raw", batch_rows: int = 4):
-        super().__init__(scorer, raw_column, prompt_column, batch_rows)
-        self.judge = judge
-
-    def _score(self, shard_id: str, group: list[dict]) -> tuple[list[dict], list[dict]]:
-        start = time.monotonic()
-        raw = [r[self.raw_column] for r in group]
-        new = [r[self.prompt_column] for r in group]
-        scores, _ = self.scorer.score(new, raw if self.judge == "raw" else new)
-        n = len(self.scorer.seeds)
-        per_row = (time.monotonic() - start) / len(group)
-        return [{"key": rec["key"], "shard": shard_id, "raw_prompt": raw[i], "prompt": new[i],
-                 "pick_score": float(scores["pick_score"][i].mean()),
-                 "aesthetic_score": float(scores["aesthetic_score"][i].mean()),
-                 "pick_score_std": float(scores["pick_score"][i].std()) if n > 1 else 0.0,
-                 "aesthetic_score_std": float(scores["aesthetic_score"][i].std()) if n > 1 else 0.0,
-                 "seeds": n, "seconds": per_row} for i, rec in enumerate(group)], []
-
-
 def rewrite_metrics(df) -> dict:
-    from pipelines.evaluate.common import mean_ci, paired
+    from pipelines.evaluate.stats import mean_ci, paired
 
     out = {}
     for s in SCORES:
         out[s] = {"raw": mean_ci(df[f"raw_{s}"]), "rewritten": mean_ci(df[s]),
                   "rewritten_minus_raw": paired(df[s], df[f"raw_{s}"])}
     return out
-
-
-def label_metrics(df) -> dict:
-    from pipelines.evaluate.common import mean_ci
-
-    return {s: mean_ci(df[s]) for s in ("pick_score", "aesthetic_score")}

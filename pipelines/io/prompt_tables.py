@@ -1,6 +1,8 @@
 """Prompt tables as people already have them: Parquet, CSV or JSON Lines files with a ``prompt`` column.
 
-One input file = one shard (the unit of work and of resume of a shard job). DiffusionDB's
+One input file = one shard (the unit of work and of resume of a shard job). A promptmine job's output
+folder (``mine``, ``rewrite``, ``eval``, ``label``) is a prompt table too: its ``rows/`` files are the
+shards, so the shard ids of ``promptmine mine`` output equal those of the image shards it came from. DiffusionDB's
 ``metadata.parquet`` is such a table (columns ``image_name``, ``prompt``, ``seed``, ...).
 
 Formats, by extension (compressed ``.gz`` / ``.bz2`` / ``.zst`` files are decompressed on the fly):
@@ -32,6 +34,7 @@ import logging
 import posixpath
 from typing import Iterator
 
+from pipelines.io.parquet import open_parquet
 from pipelines.io.shards import Shard, ShardError
 from pipelines.io.storage import Location
 
@@ -67,9 +70,11 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
     root, files = root.input_files()  # a folder/prefix, or one file
     if not files:
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
+    rels = [(loc, size, loc.relative_to(root)) for loc, size in files]
+    if any(rel.startswith("rows/") for _, _, rel in rels):  # a promptmine job's output: its rows are the table
+        rels = [(loc, size, rel[len("rows/"):]) for loc, size, rel in rels if rel.startswith("rows/")]
     shards = {}
-    for loc, size in files:
-        rel = loc.relative_to(root)
+    for loc, size, rel in rels:
         if any(part.startswith((".", "_")) for part in rel.split("/")):  # _SUCCESS, .crc, hidden files
             continue
         found = table_format(rel)
@@ -98,11 +103,9 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
 
 def _row_group_parts(shard: Shard, loc: Location, rows_per_shard: int) -> list[Shard]:
     """``shard`` cut into runs of whole row groups of >= rows_per_shard rows (the last may be smaller)."""
-    import pyarrow.parquet as pq
-
     try:
-        meta = pq.ParquetFile(loc.open_input_file()).metadata
-    except Exception:  # noqa: BLE001 -- left whole: reading it fails the shard alone, with the reason
+        meta = open_parquet(shard.uri, loc).metadata
+    except ShardError:  # left whole: reading it fails the shard alone, with the reason
         return [shard]
     runs, start, rows, first = [], 0, 0, 0
     for g in range(meta.num_row_groups):
@@ -159,14 +162,7 @@ def _missing(shard: Shard, column: str, names: list[str], what: str) -> ShardErr
 
 
 def _read_parquet(shard, loc, prompt_column, key_column, row_groups=None):
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(loc.open_input_file())
-    except ShardError:
-        raise
-    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a bad file
-        raise ShardError(f"{shard.uri}: not a readable Parquet file ({e})") from e
+    pf = open_parquet(shard.uri, loc)
     names = pf.schema_arrow.names
     for column, what in ((prompt_column, "prompt"), (key_column, "key")):
         if column is not None and column not in names:
@@ -249,3 +245,29 @@ def _read_jsonl(shard, loc, prompt_column, key_column):
                 yield None, None, f"unreadable row (line {number} holds a lone surrogate, not valid Unicode)"
             else:
                 yield (obj.get(key_column) if key_column is not None else None), obj[prompt_column], None
+
+
+def read_columns(shard: Shard, loc: Location, text_columns: list[str],
+                 optional_columns: list[str] = ()) -> Iterator[dict]:
+    """Records ``{"key", <columns>, "error"}`` of a Parquet table with several text columns (a job's rows:
+    the evaluation jobs read prompts and baselines side by side); the key is the ``key`` column's value,
+    else ``<shard>:<row index>`` as above; a null or empty required text or a repeated key becomes the
+    record's error."""
+    pf = open_parquet(shard.uri, loc)
+    names = pf.schema_arrow.names
+    missing = [c for c in text_columns if c not in names]
+    if missing:
+        raise ShardError(f"{shard.uri}: no column(s) {', '.join(missing)} (columns: {', '.join(names)})")
+    columns = list(dict.fromkeys([*text_columns, *[c for c in optional_columns if c in names]]))
+    columns += ["key"] if "key" in names else []
+    index, seen = 0, set()
+    for batch in pf.iter_batches(batch_size=1024, columns=columns):
+        for row in batch.to_pylist():
+            key = str(row["key"]) if row.get("key") is not None else f"{shard.id}:{index}"
+            index += 1
+            empty = [c for c in text_columns if not isinstance(row.get(c), str) or not row[c].strip()]
+            error = f"empty {empty[0]}" if empty else None
+            if key in seen:
+                error = "duplicate key in shard (first occurrence kept)"
+            seen.add(key)
+            yield {**{c: row.get(c) for c in columns}, "key": key, "error": error}

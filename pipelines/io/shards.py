@@ -160,12 +160,9 @@ def _image_column(schema, shard: Shard, column: str | None) -> str:
 
 def _read_parquet(shard: Shard, loc: Location, image_column: str | None = None) -> Iterator[dict]:
     """Stream a Parquet shard batch by batch (one file = one shard; files are never merged)."""
-    import pyarrow.parquet as pq
+    from pipelines.io.parquet import open_parquet
 
-    try:
-        pf = pq.ParquetFile(loc.open_input_file())
-    except Exception as e:  # noqa: BLE001 -- pyarrow raises several types for a bad file
-        raise ShardError(f"{shard.uri}: not a readable Parquet file ({e})") from e
+    pf = open_parquet(shard.uri, loc)
     schema = pf.schema_arrow
     img = _image_column(schema, shard, image_column)
     columns = [img] + [c for c in ("key", "caption", "status", "error_message") if c in schema.names]
