@@ -1,4 +1,4 @@
-"""The optimiser, schedule and one gradient step shared by SFT and the reward models.
+"""The optimiser, schedule, one gradient step and the mean over workers shared by the training stages.
 
 Plain torch: the same functions run in a notebook, in a test, or inside a Ray Train worker where the
 model is wrapped in DistributedDataParallel (gradients are averaged across workers by ``backward``).
@@ -11,6 +11,17 @@ import random
 from typing import Callable
 
 import torch
+
+
+def global_mean(value: float) -> float:
+    """The mean of ``value`` over the workers of a torch.distributed run (``value`` itself when alone)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / dist.get_world_size()
+    return value
 
 
 def seed_everything(seed: int) -> None:

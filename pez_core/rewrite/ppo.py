@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .optim import global_mean
 from .reward_model import RewardBatch
 from .sft import context_ids
 from .templates import DEFAULT_TEMPLATE, TEMPLATES
@@ -175,14 +176,6 @@ class RunningMoments:
         self.std = math.sqrt(self.var * tot / max(tot - 1, 1)) or 1.0
 
 
-def _global_mean(value: float) -> float:
-    if dist.is_available() and dist.is_initialized():
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t) / dist.get_world_size()
-    return value
-
-
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -300,7 +293,7 @@ class PPOTrainer:
         scores = torch.as_tensor(self.reward_fn(batch), dtype=torch.float32).reshape(-1).cpu()
         if scores.numel() != len(raws):
             raise ValueError(f"reward function returned {scores.numel()} scores for {len(raws)} rollouts")
-        raw_score_mean = _global_mean(float(scores.mean()))
+        raw_score_mean = global_mean(float(scores.mean()))
         self.moments.update(scores)
         if cfg.scale_reward == "running":
             scores = scores / self.moments.std
@@ -324,9 +317,9 @@ class PPOTrainer:
         rewards[torch.arange(len(raws)), last] += scores.to(self.device)
         advantages, returns = gae(values, rewards, mask, cfg.gamma, cfg.lam)
         exp = Experience(tokens, attn, mask, q, logprobs * mask, values * mask, advantages, returns)
-        stats = {"score": raw_score_mean, "scaled_score": _global_mean(float(scores.mean())),
-                 "kl": _global_mean(kl), "kl_coef": self.kl_ctl.value,
-                 "response_tokens": _global_mean(float(mask.sum(1).mean())),
+        stats = {"score": raw_score_mean, "scaled_score": global_mean(float(scores.mean())),
+                 "kl": global_mean(kl), "kl_coef": self.kl_ctl.value,
+                 "response_tokens": global_mean(float(mask.sum(1).mean())),
                  "sample": responses[0] if responses else ""}
         return exp, stats
 

@@ -30,6 +30,7 @@ import torch
 
 from .sft import PadCollator
 from .templates import reward_input
+from .tokenizer import ensure_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +72,6 @@ class RewardConfig:
     @property
     def score_column(self) -> str:
         return KINDS[self.kind][0]
-
-
-def ensure_pad_token(tokenizer) -> None:
-    """Sequence regression pools the last non-pad token, so a pad token is required; fall back to EOS."""
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("the tokenizer has neither a pad nor an EOS token")
-        log.warning("tokenizer has no pad token: using its EOS token %r", tokenizer.eos_token)
-        tokenizer.pad_token = tokenizer.eos_token
 
 
 def load_backbone(path: str | Path, tokenizer, label_mean: float = 0.0, label_std: float = 1.0,

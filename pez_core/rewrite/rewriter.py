@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .templates import DEFAULT_TEMPLATE, MAX_RAW_CHARS, check_raw_prompt, format_prompt, get_template
+from .tokenizer import ensure_pad_token
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,7 @@ class Rewriter:
         self.tokenizer = tokenizer
         self.template = template
         self.max_input_chars = max_input_chars
-        if tokenizer.pad_token_id is None:  # GPT-2 has none; padding is masked, so EOS serves
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer)
         tokenizer.padding_side = "left"  # a decoder-only model continues from the last position
         self.eos_token_id = tokenizer.eos_token_id
         if self.eos_token_id is None:

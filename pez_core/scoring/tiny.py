@@ -48,15 +48,12 @@ def _text_config(width: int = 32):
 
 def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A random tiny StableDiffusionPipeline saved to ``folder`` (fp32)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8)
+    unet = _tiny_unet(cross_attention_dim=32)
     vae = _tiny_vae()
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False, steps_offset=1)
@@ -70,6 +67,16 @@ def build_tiny_sd(folder: str | os.PathLike, seed: int = 0) -> Path:
     return folder
 
 
+def _tiny_unet(**extra):
+    """The tiny two-level UNet of both pipelines; ``extra``: SD's or SDXL's conditioning."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=4, norm_num_groups=8, **extra)
+
+
 def _tiny_vae():
     from diffusers import AutoencoderKL
 
@@ -81,16 +88,13 @@ def _tiny_vae():
 
 def build_tiny_sdxl(folder: str | os.PathLike, seed: int = 0) -> Path:
     """A random tiny StableDiffusionXLPipeline (two text encoders, text_time conditioning) saved to ``folder``."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(folder)
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=4, use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8)
+    unet = _tiny_unet(use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+                      projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)
     pipe = StableDiffusionXLPipeline(

@@ -161,7 +161,7 @@ def run_pairs(args) -> int:
 # --- rewrite-text -----------------------------------------------------------------------------------
 
 def _register_rewrite_text(subparsers) -> None:
-    from pez_core.rewrite.templates import TEMPLATES
+    from pipelines.rewrite.args import add_generation_args
 
     p = subparsers.add_parser(
         "rewrite-text", help="rewrite prompts with a BeautifulPrompt model on this machine",
@@ -169,29 +169,16 @@ def _register_rewrite_text(subparsers) -> None:
                     "generation). For prompt tables on a cluster use `promptmine rewrite`.")
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="prompts to rewrite")
     p.add_argument("--file", type=Path, help="also read prompts from this file, one per line")
-    p.add_argument("--model", default=None,
-                   help="Hugging Face id or local folder (default: alibaba-pai/pai-bloom-1b1-text2prompt-sd)")
-    p.add_argument("--template", default="v1", choices=sorted(TEMPLATES),
-                   help="; ".join(f"{k}: {t.description}" for k, t in sorted(TEMPLATES.items())))
-    p.add_argument("--mode", default="greedy", choices=("greedy", "sample", "beam"), help="decoding (default greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on generated tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sample: temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus mass")
-    p.add_argument("--top-k", type=int, default=0, help="sample: top-k, 0 = off")
-    p.add_argument("--num-beams", type=int, default=4, help="beam: beams per prompt")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (model card: 1.2)")
-    p.add_argument("--seed", type=int, help="sample: random seed")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto (default: float32 on CPU)")
+    add_generation_args(p)
     p.add_argument("--json", action="store_true", help="print results and timing as JSON")
     p.set_defaults(func=run_rewrite_text)
 
 
 def run_rewrite_text(args) -> int:
-    from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID, GenerationConfig, PromptError, Rewriter
+    from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID, PromptError, Rewriter
 
     from pipelines.cli import CLIError
+    from pipelines.rewrite.args import generation_config
 
     prompts = list(args.prompts)
     if args.file:
@@ -203,10 +190,7 @@ def run_rewrite_text(args) -> int:
     if not prompts:
         raise CLIError("no prompts: give PROMPT arguments or --file")
     try:
-        gen = GenerationConfig(
-            max_new_tokens=args.max_new_tokens, mode=args.mode, temperature=args.temperature, top_p=args.top_p,
-            top_k=args.top_k, num_beams=args.num_beams, repetition_penalty=args.repetition_penalty,
-            seed=args.seed, batch_size=args.batch_size)
+        gen = generation_config(args)
         t0 = time.perf_counter()
         rw = Rewriter.from_pretrained(args.model or DEFAULT_MODEL_ID, template=args.template,
                                       device=args.device, dtype=args.dtype)

@@ -5,9 +5,9 @@
     promptmine rewrite --input prompts.csv --output /tmp/rewritten --model ./my-sft-model --max-new-tokens 64
 
 Each Parquet / CSV / JSON Lines file of the input is one shard, or with --rows-per-shard each run of
-Parquet row groups (prompt_tables.py); the resumable per-shard machinery (skip done shards, rows +
-rejects + done marker, progress, summary) is shard_job.py's. This module holds the processor (one
-Rewriter per actor) and the command line.
+Parquet row groups (io/prompt_tables.py); the resumable per-shard machinery (skip done shards, rows +
+rejects + done marker, progress, summary) is jobs/shard_job.py's. This module holds the processor (one
+Rewriter per actor) and the command line; the generation flags are rewrite/args.py's.
 
 Rows file schema (rows/<shard>.parquet), one row per rewritten input row:
     key string, shard string, raw_prompt string (the input, unchanged), prompt string (the rewrite),
@@ -28,7 +28,6 @@ import zlib
 
 log = logging.getLogger(__name__)
 
-_MODES = ("greedy", "sample", "beam")  # = pez_core.rewrite.rewriter.MODES (not imported: it loads torch)
 # Generation settings that decide the text (batch_size only changes speed, so a rerun may change it).
 _GENERATION_KEYS = ("max_new_tokens", "min_new_tokens", "mode", "temperature", "top_p", "top_k", "num_beams",
                     "repetition_penalty", "seed")
@@ -88,40 +87,6 @@ class RewriteProcessor:
 
 
 # ---- command line ----------------------------------------------------------------------------
-def add_generation_args(p) -> None:
-    """The generation flags (one definition, reusable by any rewriting command)."""
-    from pez_core.rewrite.templates import TEMPLATES
-
-    p.add_argument("--model", default=None,
-                   help="Hugging Face id or local folder (default: alibaba-pai/pai-bloom-1b1-text2prompt-sd); "
-                        "every worker must be able to load it")
-    p.add_argument("--template", default="v1", choices=sorted(TEMPLATES),
-                   help="; ".join(f"{k}: {t.description}" for k, t in sorted(TEMPLATES.items())))
-    p.add_argument("--mode", default="greedy", choices=_MODES,
-                   help="decoding (default greedy)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="cap on generated tokens (default 256)")
-    p.add_argument("--min-new-tokens", type=int, default=0, help="suppress EOS until this many tokens (default 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sample: softmax temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample: nucleus mass in (0, 1]")
-    p.add_argument("--top-k", type=int, default=0, help="sample: keep the k best tokens, 0 = off")
-    p.add_argument("--num-beams", type=int, default=4, help="beam: beams per prompt (>= 2)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats (model card: 1.2)")
-    p.add_argument("--seed", type=int, default=None, help="sample: seed (mixed with each shard's name)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (default 16)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", help="float32 | bfloat16 | float16 | auto (default: float32 on CPU)")
-
-
-def generation_config(args):
-    """The validated GenerationConfig of the flags above (a ValueError names the bad one)."""
-    from pez_core.rewrite.rewriter import GenerationConfig
-
-    return GenerationConfig(max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens, mode=args.mode,
-                            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                            num_beams=args.num_beams, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                            batch_size=args.batch_size)
-
-
 def build_job(args):
     import dataclasses
     import functools
@@ -131,6 +96,7 @@ def build_job(args):
     from pipelines.io.prompt_tables import find_tables, read_table
     from pipelines.jobs.cli import actor_threads
     from pipelines.jobs.shard_job import ShardJob
+    from pipelines.rewrite.args import generation_config
 
     gen = dataclasses.asdict(generation_config(args))
     model = args.model or DEFAULT_MODEL_ID
@@ -192,6 +158,7 @@ def cmd_rewrite(args) -> int:
 
 def register(sub) -> None:
     from pipelines.jobs.cli import add_job_args
+    from pipelines.rewrite.args import add_generation_args
 
     p = sub.add_parser(
         "rewrite", help="prompt tables in storage -> rewritten prompts by a BeautifulPrompt LM on Ray (resumable)",
@@ -210,6 +177,6 @@ def register(sub) -> None:
                    help="split Parquet files into shards of whole row groups of about N rows (parallelism and "
                         "resume inside one big file, e.g. DiffusionDB's metadata.parquet); default 0: a file "
                         "is a shard")
-    add_generation_args(p)
+    add_generation_args(p, on_workers=True)
     add_job_args(p)
     p.set_defaults(func=cmd_rewrite)

@@ -146,7 +146,7 @@ def build_job(args):
     return TrainJob(
         stage=args.stage, data_uri=args.data, model=args.model, algo=algo, options=options,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,
-        min_pick_score=getattr(args, "min_pick_score", None), ref_model=getattr(args, "ref_model", None),
+        ref_model=getattr(args, "ref_model", None),
         reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
         alpha=getattr(args, "alpha", 0.7), relative_reward=not getattr(args, "absolute_reward", False),
         threads=max(1, int(args.cpus_per_worker)), inject_failure=inject,
@@ -169,7 +169,7 @@ def check_data(job) -> int:
         needed.append(job.algo.score_column)
         if job.algo.kind == "ps":
             needed.append("raw_prompt")
-    if job.min_pick_score is not None:
+    if getattr(job.algo, "min_pick_score", None) is not None:
         needed.append("pick_score")
     missing = [c for c in needed if c not in dataset.schema.names]
     if missing:

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.io.parquet import read_frame
 from pipelines.io.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ class TrainJob:
     checkpoint_every: int = 100  # steps between checkpoints (plus one at the end)
     seed: int = 0  # shuffling, sampling and initialisation
     eval_fraction: float = 0.0  # rows held out for a final evaluation (sft, reward)
-    min_pick_score: float | None = None  # sft: drop rows below this pick_score (paper: 18.5)
     ref_model: str | None = None  # ppo: frozen reference (default: model)
     reward_ps: str | None = None  # ppo: r_ps folder or s3 URI
     reward_aes: str | None = None  # ppo: r_aes folder or s3 URI
@@ -73,14 +73,6 @@ def _local_folder(uri: str, options: StorageOptions) -> str:
             target.write_bytes(loc.read_bytes())
         _DOWNLOADED[uri] = str(folder)
     return _DOWNLOADED[uri]
-
-
-def read_table(uri: str, options: StorageOptions, columns=None):
-    """The Parquet table at ``uri`` (a file or a folder of files) as pandas."""
-    import pyarrow.dataset as pads
-
-    loc = options.resolve(uri)
-    return pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table(columns=columns).to_pandas()
 
 
 def split_eval(df, fraction: float, seed: int):
@@ -127,17 +119,6 @@ class Run:
 
     def model_source(self, base: str) -> str:
         return self.model_dir or _local_folder(base, self.job.options)
-
-    def mean(self, value: float) -> float:
-        """The mean of ``value`` over workers."""
-        import torch
-        import torch.distributed as dist
-
-        if self.world == 1 or not dist.is_initialized():
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t) / self.world
 
     def maybe_fail(self) -> None:
         """Fault injection for the resume test: the last rank dies once at the given step."""
@@ -197,7 +178,7 @@ def _fit_supervised(run: Run, model, tokenizer, dataset, collate, loss_fn, cfg, 
     import ray.train.torch
     import torch
 
-    from pez_core.rewrite.optim import cosine_schedule, make_optimizer, train_step
+    from pez_core.rewrite.optim import cosine_schedule, global_mean, make_optimizer, train_step
 
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=run.world, rank=run.rank,
                                                   shuffle=True, seed=run.job.seed)
@@ -224,7 +205,7 @@ def _fit_supervised(run: Run, model, tokenizer, dataset, collate, loss_fn, cfg, 
             batch = _to_device(collate([dataset[j] for j in indices]), run.device)
             stats = train_step(model, loss_fn, batch, optimizer, scheduler, cfg.max_grad_norm)
             run.step += 1
-            metrics = {"epoch": round(epoch + (i + 1) / steps_per_epoch, 4), "loss": run.mean(stats["loss"]),
+            metrics = {"epoch": round(epoch + (i + 1) / steps_per_epoch, 4), "loss": global_mean(stats["loss"]),
                        "lr": stats["lr"], "grad_norm": stats["grad_norm"]}
             if run.step >= total and evaluate is not None:
                 metrics.update(evaluate(model) or {})
@@ -238,18 +219,18 @@ def sft_loop(config: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pez_core.rewrite.sft import PadCollator, PairDataset, evaluate_loss, sft_loss
+    from pez_core.rewrite.tokenizer import ensure_pad_token
 
     job: TrainJob = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_table(job.data_uri, job.options)
-    if job.min_pick_score is not None:
-        df = df[df["pick_score"] >= job.min_pick_score]
+    df = read_frame(job.data_uri, job.options)
+    if job.algo.min_pick_score is not None:  # the paper's SFT loader drops rows under 18.5
+        df = df[df["pick_score"] >= job.algo.min_pick_score]
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
     source = run.model_source(job.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(source).to(run.device)
     dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template,
                           cfg.max_length)
@@ -282,7 +263,7 @@ def reward_loop(config: dict) -> None:
     job: TrainJob = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_table(job.data_uri, job.options)
+    df = read_frame(job.data_uri, job.options)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
     raws = list(train_df["raw_prompt"]) if "raw_prompt" in train_df else list(train_df["prompt"])
     scores = [float(s) for s in train_df[cfg.score_column]]
@@ -318,20 +299,21 @@ def ppo_loop(config: dict) -> None:
     import ray.train.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pez_core.rewrite.optim import global_mean
     from pez_core.rewrite.ppo import PolicyWithValueHead, PPOTrainer
     from pez_core.rewrite.reward_model import CombinedReward, RewardModel
+    from pez_core.rewrite.tokenizer import ensure_pad_token
 
     job: TrainJob = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_table(job.data_uri, job.options, columns=["raw_prompt", "prompt"])
+    df = read_frame(job.data_uri, job.options, columns=["raw_prompt", "prompt"])
     rows = list(zip(df["raw_prompt"], df["prompt"]))[run.rank::run.world]  # this worker's prompts
     if not rows:
         raise ValueError(f"{job.data_uri}: no prompts for worker {run.rank} of {run.world}")
     source = run.model_source(job.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer)
     policy = PolicyWithValueHead.from_pretrained(source).to(run.device)
     ref = AutoModelForCausalLM.from_pretrained(_local_folder(job.ref_model or job.model, job.options)).to(run.device)
     r_ps = RewardModel.from_pretrained(_local_folder(job.reward_ps, job.options), "ps", str(run.device)) \
@@ -364,7 +346,7 @@ def ppo_loop(config: dict) -> None:
         run.step += 1
         sample = stats.pop("sample")
         for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl"):  # the rest are already means over workers
-            stats[k] = run.mean(stats[k])
+            stats[k] = global_mean(stats[k])
         metrics = {k: round(v, 6) for k, v in stats.items()}
         if run.rank == 0:
             metrics["sample"] = sample
