@@ -101,7 +101,7 @@ def build_job(args):
     from pez_core.rewrite.sft import SFTConfig
 
     from pipelines.io.storage import StorageOptions
-    from pipelines.train.cli.loops import TrainJob
+    from pipelines.train.loops import TrainJob
 
     given = {k: v for k, v in {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -157,7 +157,7 @@ def check_data(job) -> int:
     """Fail fast on the driver: the table exists and has the columns the stage reads. Returns its rows."""
     import pyarrow.dataset as pads
 
-    from pipelines.train.cli.loops import REQUIRED_COLUMNS
+    from pipelines.train.loops import REQUIRED_COLUMNS
 
     loc = job.options.resolve(job.data_uri)
     try:
@@ -190,7 +190,7 @@ def run_training(job, output: str, workers: int, gpus_per_worker: float = 0, cpu
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.train.cli.loops import LOOPS
+    from pipelines.train.loops import LOOPS
 
     rows = check_data(job)
     out = job.options.resolve(output)
