@@ -9,6 +9,11 @@ per configuration targets/s, median s/step, peak RSS, mean best cosine, and the 
 returned TEXT re-scored by open_clip's own encode_text (the round trip); then speed-ups computed
 within this run. Model loading and the one-off candidate-vocabulary build (about 1 s per process,
 reported as vocab_seconds) are outside the timed loop.
+
+Achieved GFLOP/s counts the text tower's work per step as 4 x (its transformer's parameters) x
+(prompt tokens + 2) x targets: a forward and an input-gradient backward over the [start, prompt, end]
+context (the weights are frozen, so no weight gradients), whether or not the encoder skips part of it;
+it is printed beside this machine's fp32 matmul rate measured at the same thread count.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ def worker(args) -> dict:
         results = invert_reference(clip, targets, cfg, on_step=lambda s, i: stamps.append(time.perf_counter()))
     seconds = time.perf_counter() - t0
     step_times = [b - a for a, b in zip(stamps, stamps[1:])]
+    params = sum(p.numel() for p in clip.model.transformer.parameters())
+    flops_per_step = 4 * params * (args.prompt_len + 2) * (n if args.mode == "batched" else 1)
     texts = clip.encode_texts([r.text for r in results])
     roundtrip = [float((texts[i] @ t.features.T).mean()) for i, t in enumerate(targets)]
     return {
@@ -55,11 +62,29 @@ def worker(args) -> dict:
         "batch": n, "steps": args.steps, "seconds": round(seconds, 3), "vocab_seconds": round(vocab_seconds, 3),
         "targets_per_s": round(n / seconds, 4),
         "median_s_per_step": round(statistics.median(step_times), 5),
+        "gflops_per_step": round(flops_per_step / 1e9, 2),
+        "achieved_gflop_s": round(flops_per_step / statistics.median(step_times) / 1e9, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "mean_best_cosine": round(statistics.mean(r.cosine for r in results), 4),
         "mean_roundtrip_cosine": round(statistics.mean(roundtrip), 4),
         "cosines": [round(r.cosine, 4) for r in results],
     }
+
+
+def matmul_gflop_s(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """This machine's fp32 matmul rate at ``threads`` threads (median of ``repeats`` n x n products)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return round(2 * n ** 3 / statistics.median(times) / 1e9, 1)
 
 
 def run_one(args, mode, batch, projection="fast") -> dict:
@@ -99,8 +124,11 @@ def main() -> None:
         row["mean_best_cosine_first_k"] = round(statistics.mean(row["cosines"][:k]), 4)
     for row in [ref, *rows]:
         row.pop("cosines")
+    peak = matmul_gflop_s(args.threads)
+    for row in rows:
+        row["share_of_matmul_rate"] = round(row["achieved_gflop_s"] / peak, 3)
     print(json.dumps({"model": args.model, "steps": args.steps, "prompt_len": args.prompt_len,
-                      "threads": args.threads, "reference_targets": k,
+                      "threads": args.threads, "reference_targets": k, "matmul_fp32_gflop_s": peak,
                       "reference": ref, "batched": rows}, indent=2))
 
 

@@ -4,7 +4,9 @@ Shapes: b batch, n prompt tokens, d text width, e joint embedding width, L conte
 
 The CLIP text transformer is causal and pools the features at the end token, and its positional
 embedding is absolute. So [start, prompt, end] alone gives the same features as open_clip's padded
-77-token ``encode_text``; the padding after the end token can never change the result.
+77-token ``encode_text``; the padding after the end token can never change the result. Two more exact
+savings: the start token attends only to itself, so its activations are computed once per model; and
+the last layer computes only the end token's row, the one that is read.
 """
 
 from __future__ import annotations
@@ -88,26 +90,62 @@ class ClipModel:
     ) -> torch.Tensor:
         """Unnormalised text features (b, e) of prompt embeddings (b, n, d) placed as
         [start, prompt, end] (``short``) or padded with id 0 to the model's full context (``full``,
-        as the authors' code and open_clip's ``encode_text`` run it)."""
+        as the authors' code and open_clip's ``encode_text`` run it).
+
+        ``short`` skips work that cannot change the result: under the causal mask the start token's
+        activations are the same for every prompt (computed once per model, :meth:`_start_rows`), and in
+        the last layer only the end token's row is read."""
         m = self.model
         b, n, _ = prompt.shape
-        L = n + 2 if context == "short" else self.context_length
         if n + 2 > self.context_length:
             raise ValueError(f"prompt of {n} tokens does not fit the context of {self.context_length}")
         dtype = m.transformer.get_cast_dtype()
         emb = m.token_embedding.weight
-        sot = emb[self.sot_id].expand(b, 1, -1)
         eot = emb[self.eot_id].expand(b, 1, -1)
-        parts = [sot, prompt.to(emb.dtype), eot]
-        if L > n + 2:
-            parts.append(emb[0].expand(b, L - n - 2, -1))
-        x = torch.cat(parts, dim=1).to(dtype) + m.positional_embedding[:L].to(dtype)
-        mask = m.attn_mask[:L, :L] if m.attn_mask is not None else None
-        x = m.ln_final(m.transformer(x, attn_mask=mask))
-        x = x[:, n + 1]  # the end token: what open_clip's argmax/eos pooling picks
+        if context == "full":
+            L = self.context_length
+            parts = [emb[self.sot_id].expand(b, 1, -1), prompt.to(emb.dtype), eot, emb[0].expand(b, L - n - 2, -1)]
+            x = torch.cat(parts, dim=1).to(dtype) + m.positional_embedding[:L].to(dtype)
+            mask = m.attn_mask[:L, :L] if m.attn_mask is not None else None
+            x = m.ln_final(m.transformer(x, attn_mask=mask))[:, n + 1]  # the end token, as open_clip pools
+        else:
+            L = n + 2
+            x = torch.cat([prompt.to(emb.dtype), eot], dim=1).to(dtype) + m.positional_embedding[1:L].to(dtype)
+            start = self._start_rows(dtype)  # (layers, d): each layer's input at position 0
+            mask = m.attn_mask[1:L, :L].to(dtype) if m.attn_mask is not None else None
+            blocks = m.transformer.resblocks
+            for i, block in enumerate(blocks):
+                kv = torch.cat([start[i].expand(b, 1, -1), x], dim=1)  # (b, L, d)
+                last = i == len(blocks) - 1
+                x = _block_rows(block, x[:, -1:] if last else x, kv, None if last else mask)
+            x = m.ln_final(x[:, -1])
         if m.text_projection is not None:
             x = m.text_projection(x) if isinstance(m.text_projection, torch.nn.Linear) else x @ m.text_projection
         return x.float()
+
+    def _start_rows(self, dtype: torch.dtype) -> torch.Tensor:
+        """The start token's input to every text layer (layers, d): it attends only to itself, so it is
+        the same for every prompt; computed once per model and dtype."""
+        cache = self.__dict__.setdefault("_start_cache", {})
+        if dtype not in cache:
+            m = self.model
+            x = (m.token_embedding.weight[self.sot_id].to(dtype) + m.positional_embedding[0].to(dtype)).view(1, 1, -1)
+            rows = []
+            with torch.no_grad():
+                for block in m.transformer.resblocks:
+                    rows.append(x[0, 0])
+                    x = block(x)
+            cache[dtype] = torch.stack(rows).detach()
+        return cache[dtype]
+
+
+def _block_rows(block, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """One open_clip ResidualAttentionBlock for the rows ``q`` (b, m, d), the last m rows of ``kv``
+    (b, L, d), attending over all of ``kv``: the same arithmetic as ``block(kv)[:, -m:]``."""
+    h = block.ln_1(kv)
+    attn = block.attn(h[:, -q.shape[1]:], h, h, need_weights=False, attn_mask=mask)[0]
+    x = q + block.ls_1(attn)
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 @contextlib.contextmanager
