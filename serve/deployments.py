@@ -254,8 +254,15 @@ class InvertModel(_Batched):
 
             targets = [Target(features[j:j + 1], "image", seed=items[live[j]].seed) for j in members]
             try:
+                vocab = self._vocabulary(ban)  # a new ban list scans the vocabulary: inside the deadline
+            except ValueError as e:  # the ban list left no candidate tokens
+                for i in idx:
+                    out[i] = error(422, f"ban: {e}", "ban", type="validation_error")
+                continue
+            try:
+                stop_when_expired(0, None)
                 results = invert(self.clip, targets, PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban),
-                                 vocab=self._vocabulary(ban), on_step=stop_when_expired)
+                                 vocab=vocab, on_step=stop_when_expired)
             except _AllExpired:
                 log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
                 continue
