@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -52,7 +53,6 @@ def register(subparsers) -> None:
 def check_token_for_host(host: str, app_args: list[dict], allow_no_token: bool) -> None:
     """Refuse an open API on a non-loopback address: every application needs a token unless allowed."""
     import ipaddress
-    import os
 
     from .cli import CLIError
 
@@ -198,6 +198,10 @@ def run(args) -> int:
 
     check_token_for_host(http["host"], [app_overrides] if not args.config else
                          [a.args or {} for a in config.applications], args.allow_no_token)
+    if not args.address:  # Serve's proxy reads its middlewares from its environment (serve/proxy.py)
+        from serve.proxy import ENV_VAR, IMPORT_PATH
+
+        os.environ.setdefault(ENV_VAR, IMPORT_PATH)
     ray.init(address=args.address or "local", num_cpus=args.num_cpus if not args.address else None,
              include_dashboard=args.dashboard, dashboard_host="127.0.0.1", namespace="serve",
              configure_logging=False)

@@ -195,13 +195,13 @@ def check_invert(options: InvertOptions, limits: Limits) -> None:
 
 def check_ban(ban: list[str], limits: Limits) -> None:
     """Bound the ban list before the model builds a candidate table for it (one vocabulary scan per word)."""
-    if sum(len(entry) for entry in ban) > limits.max_ban_chars:
-        raise ApiError(422, f"ban: over the limit of {limits.max_ban_chars} characters in all", "ban")
     for i, entry in enumerate(ban):
         if len(entry) > limits.max_ban_entry_chars:
             raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_chars} characters", f"ban[{i}]")
         if len(entry.split()) > limits.max_ban_entry_words:
             raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_words} words", f"ban[{i}]")
+    if sum(len(entry) for entry in ban) > limits.max_ban_chars:
+        raise ApiError(422, f"ban: over the limit of {limits.max_ban_chars} characters in all", "ban")
     if len(ban_words(ban)) > limits.max_ban_words:
         raise ApiError(422, f"ban: over the limit of {limits.max_ban_words} words", "ban")
 

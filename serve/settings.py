@@ -75,6 +75,8 @@ class AppArgs(Limits):
     max_queued_requests: int = Field(128, ge=1, description="requests waiting for a model replica beyond "
                                      "max_ongoing_requests; more get 503 + Retry-After")
     ingress_max_ongoing_requests: int = Field(512, ge=1, description="requests the HTTP ingress holds at once")
+    ingress_max_queued_requests: int = Field(1024, ge=1, description="requests Serve's proxy queues for the "
+                                             "ingress beyond that; more get a 503 (JSON with serve/proxy.py)")
     auth_token_env: str = Field("PROMPTMINE_API_TOKEN", description="environment variable holding the bearer "
                                 "token; unset or empty (and no auth_token_file) = no authentication")
     auth_token_file: str | None = Field(None, description="file holding the bearer token (e.g. a mounted secret)")
