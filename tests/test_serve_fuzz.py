@@ -291,6 +291,7 @@ def test_saturated_ingress_answers_503_json(fuzz_served, fuzz_client):
     statuses = sorted(status for status, _ in answers)
     assert set(statuses) <= {408, 503} and 503 in statuses, answers
     for status, body in answers:
+        assert body.lstrip().startswith("{"), f"{status} is not JSON: {body[:200]}"
         err = json.loads(body[body.index("{"):body.rindex("}") + 1])["error"]
         assert err["type"] == ("overloaded" if status == 503 else "request_timeout"), body
     assert fuzz_client.get("/healthz").status_code == 200
