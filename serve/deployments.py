@@ -125,8 +125,10 @@ class RewriteModel(_Batched):
         except (TypeError, ValueError) as e:
             return error(422, str(e), type="validation_error")
         for i, reason in enumerate(self.rewriter.problems(prompts, cfg.max_new_tokens)):
-            if reason:
-                return error(400, reason, f"prompts[{i}]")
+            if reason:  # the library's reasons quote the request's numbers; the API repeats no values
+                why = ("its templated tokens plus max_new_tokens exceed the model's positions"
+                       if "positions" in reason else "cannot be rewritten (empty or too long)")
+                return error(400, f"prompts[{i}]: {why}", f"prompts[{i}]")
         size = self.settings.max_batch_size
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         parts = await asyncio.gather(*(self._rewrite_batch(_RewriteItem(c, cfg, deadline)) for c in chunks))
