@@ -3,7 +3,7 @@
 ``install_error_handlers(app)`` turns FastAPI's validation errors (422), malformed JSON (400),
 Starlette's HTTP errors (404, 405) and unexpected exceptions (500, details only in the log) into that
 shape; the endpoints raise ``ApiError`` for everything else. ``BodyLimit`` refuses request bodies over
-a size before they are read into memory (413).
+a size before they are read into memory (413) and bodies that do not arrive in time (408).
 """
 
 from __future__ import annotations

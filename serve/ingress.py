@@ -1,11 +1,12 @@
 """The HTTP ingress: a FastAPI app built per replica (``__serve_build_asgi_app__``), so its routes and
 middleware see the replica's model handles, limits and auth.
 
-Order of checks on a request: body size (413, before the body is read), bearer token (401, before any
-validation detail is revealed), request shape (400 malformed JSON, 422 naming each bad field), the
-operator's limits (422/413), then the model call under the ingress' own time limit (504 JSON, shorter
-than Serve's ``request_timeout_s``, which would answer a plain-text 408), with full model queues
-answered 503 + Retry-After instead of waiting without bound.
+Order of checks on a request: body size (413, before the body is read) and body time (408 when it
+stalls), bearer token (401, before any validation detail is revealed), content type (415), request
+shape (serve/bodies.py: 400 malformed JSON, 422 naming each bad field, strict types), the operator's
+limits (422/413), then the model call under the ingress' own time limit (504 JSON, shorter than
+Serve's ``request_timeout_s``), with full model queues answered 503 + Retry-After instead of waiting
+without bound. No error message repeats a value the client sent.
 """
 
 from __future__ import annotations
