@@ -48,7 +48,8 @@ def docs_page(spec: dict) -> str:
             parts.append(f"<h2><code>{esc(method.upper())} {esc(path)}</code></h2><p>{esc(op.get('summary', ''))}</p>")
             for ctype, media in op.get("requestBody", {}).get("content", {}).items():
                 schema = json.dumps(media.get("schema", {}), indent=1)
-                parts.append(f"<details><summary>request body: {esc(ctype)}</summary><pre>{esc(schema)}</pre></details>")
+                parts.append(f"<details><summary>request body: {esc(ctype)}</summary>"
+                             f"<pre>{esc(schema)}</pre></details>")
     parts.append("</body></html>")
     return "".join(parts)
 

@@ -229,7 +229,8 @@ def test_still_serves_after_the_table(fuzz_client):
     r = fuzz_client.post("/v1/invert", json={"image_base64": IMG, "steps": 3, "prompt_len": 3, "seed": 2**32 - 1,
                                              "ban": ["cat dog"]})
     assert r.status_code == 200, r.text
-    r = fuzz_client.post("/v1/invert", files={"image": ("x.png", noise_png(16))}, data={"steps": "3", "prompt_len": "3"})
+    r = fuzz_client.post("/v1/invert", files={"image": ("x.png", noise_png(16))},
+                         data={"steps": "3", "prompt_len": "3"})
     assert r.status_code == 200, r.text
 
 
