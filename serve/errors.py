@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 _HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "validation_error", 429: "overloaded", 503: "overloaded", 504: "timeout"}
+               415: "unsupported_media_type", 422: "validation_error", 429: "overloaded", 503: "overloaded",
+               504: "timeout"}
 
 
 class ApiError(Exception):
