@@ -105,8 +105,9 @@ class InvertResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    type: str = Field(description="invalid_request | validation_error | unauthorized | not_found | "
-                      "payload_too_large | overloaded | timeout | internal_error ...")
+    type: str = Field(description="invalid_request | malformed_json | validation_error | invalid_image | "
+                      "unauthorized | not_found | unsupported_media_type | payload_too_large | request_timeout | "
+                      "overloaded | timeout | internal_error ...")
     message: str
     field: str | None = Field(None, description="the input at fault, e.g. 'prompts[2]' or 'image'")
     errors: list[dict] | None = Field(None, description="every field error, for validation errors")

@@ -248,6 +248,15 @@ def test_docs_are_offline_and_declare_the_bearer_scheme(fuzz_client):
     assert "application/json" in spec["paths"]["/v1/rewrite"]["post"]["requestBody"]["content"]
 
 
+def test_a_client_cannot_lift_or_shorten_the_proxy_time_limit(fuzz_client):
+    """Serve's proxy honours x-request-timeout-seconds (meant for a trusted HAProxy); serve/proxy.py
+    drops it, so a 0.2 s hint on a run of about a second is ignored (the proxy would answer 408)."""
+    r = fuzz_client.post("/v1/invert", json={"image_base64": IMG, "steps": 300, "prompt_len": 8},
+                         headers={"x-request-timeout-seconds": "0.2"})
+    assert r.status_code == 200, r.text
+    assert r.json()["latency_ms"] > 200  # long enough that the hint, if honoured, would have cut it
+
+
 def half_sent(host: str, port: int, path: str = "/v1/rewrite") -> socket.socket:
     """A connection that sent the headers and half of a 100-byte body, then stalls."""
     s = socket.create_connection((host, port), timeout=30)
