@@ -35,6 +35,7 @@ def build_app(args: AppArgs) -> Application:
     invert = InvertModel.options(user_config=args.invert_batch().model_dump(), **model_options).bind(
         clip, pretrained, args.device, args.torch_threads)
     return Ingress.options(max_ongoing_requests=args.ingress_max_ongoing_requests,
+                           max_queued_requests=args.ingress_max_queued_requests,
                            ray_actor_options={"num_cpus": INGRESS_NUM_CPUS},
                            user_config=args.limits().model_dump()).bind(
         rewrite, invert, args.auth_token_env, args.auth_token_file)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,28 @@ def register(subparsers) -> None:
     p.add_argument("--request-timeout-s", type=float, default=None,
                    help="Serve's own HTTP time limit (plain-text 408); keep it above the app's timeouts "
                         "(default: 300, or the config's)")
+    p.add_argument("--allow-no-token", action="store_true",
+                   help="start without a bearer token even when binding beyond loopback (default: refuse, exit 2)")
     p.set_defaults(func=run)
+
+
+def check_token_for_host(host: str, app_args: list[dict], allow_no_token: bool) -> None:
+    """Refuse an open API on a non-loopback address: every application needs a token unless allowed."""
+    import ipaddress
+
+    from .cli import CLIError
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or allow_no_token:
+        return
+    for args in app_args:
+        env = args.get("auth_token_env", "PROMPTMINE_API_TOKEN")
+        if not args.get("auth_token_file") and not os.environ.get(env, "").strip():
+            raise CLIError(f"--host {host} is beyond loopback and no bearer token is configured: set {env} "
+                           "(or auth_token_file), or pass --allow-no-token to serve an open API")
 
 
 def overrides(args) -> dict:
@@ -174,6 +196,12 @@ def run(args) -> int:
                 "request_timeout_s": args.request_timeout_s or 300}
         names, prefixes = [APP_NAME], ["/"]
 
+    check_token_for_host(http["host"], [app_overrides] if not args.config else
+                         [a.args or {} for a in config.applications], args.allow_no_token)
+    if not args.address:  # Serve's proxy reads its middlewares from its environment (serve/proxy.py)
+        from serve.proxy import ENV_VAR, IMPORT_PATH
+
+        os.environ.setdefault(ENV_VAR, IMPORT_PATH)
     ray.init(address=args.address or "local", num_cpus=args.num_cpus if not args.address else None,
              include_dashboard=args.dashboard, dashboard_host="127.0.0.1", namespace="serve",
              configure_logging=False)

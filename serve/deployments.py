@@ -125,8 +125,10 @@ class RewriteModel(_Batched):
         except (TypeError, ValueError) as e:
             return error(422, str(e), type="validation_error")
         for i, reason in enumerate(self.rewriter.problems(prompts, cfg.max_new_tokens)):
-            if reason:
-                return error(400, reason, f"prompts[{i}]")
+            if reason:  # the library's reasons quote the request's numbers; the API repeats no values
+                why = ("its templated tokens plus max_new_tokens exceed the model's positions"
+                       if "positions" in reason else "cannot be rewritten (empty or too long)")
+                return error(400, f"prompts[{i}]: {why}", f"prompts[{i}]")
         size = self.settings.max_batch_size
         chunks = [prompts[i:i + size] for i in range(0, len(prompts), size)]
         parts = await asyncio.gather(*(self._rewrite_batch(_RewriteItem(c, cfg, deadline)) for c in chunks))
@@ -254,8 +256,15 @@ class InvertModel(_Batched):
 
             targets = [Target(features[j:j + 1], "image", seed=items[live[j]].seed) for j in members]
             try:
+                vocab = self._vocabulary(ban)  # a new ban list scans the vocabulary: inside the deadline
+            except ValueError as e:  # the ban list left no candidate tokens
+                for i in idx:
+                    out[i] = error(422, f"ban: {e}", "ban", type="validation_error")
+                continue
+            try:
+                stop_when_expired(0, None)
                 results = invert(self.clip, targets, PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban),
-                                 vocab=self._vocabulary(ban), on_step=stop_when_expired)
+                                 vocab=vocab, on_step=stop_when_expired)
             except _AllExpired:
                 log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
                 continue

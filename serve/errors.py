@@ -3,11 +3,12 @@
 ``install_error_handlers(app)`` turns FastAPI's validation errors (422), malformed JSON (400),
 Starlette's HTTP errors (404, 405) and unexpected exceptions (500, details only in the log) into that
 shape; the endpoints raise ``ApiError`` for everything else. ``BodyLimit`` refuses request bodies over
-a size before they are read into memory (413).
+a size before they are read into memory (413) and bodies that do not arrive in time (408).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -19,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 _HTTP_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-               422: "validation_error", 429: "overloaded", 503: "overloaded", 504: "timeout"}
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "validation_error", 429: "overloaded", 503: "overloaded",
+               504: "timeout"}
 
 
 class ApiError(Exception):
@@ -47,7 +49,8 @@ def field_path(loc) -> str:
     parts = [p for p in loc if p not in ("body", "query", "path", "header", "form")]
     out = ""
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        p = p if isinstance(p, int) else str(p)[:64]  # an unknown key is the client's: keep it short
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
     return out or "body"
 
 
@@ -90,7 +93,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), message,
+        field = "body" if exc.status_code in (408, 413) else None  # BodyLimit's streaming checks
+        return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), message, field,
                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -100,14 +104,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit()`` bytes, by Content-Length or while streaming.
+    """ASGI middleware: 413 for a body over ``limit()`` bytes, by Content-Length or while streaming,
+    and 408 when the body is not complete ``timeout()`` seconds after the app first asks for it (a
+    client that sends the headers and half a body, then stalls or trickles).
 
-    The streaming check raises an HTTPException, which FastAPI's body parsing re-raises as it is, so
+    The streaming checks raise an HTTPException, which FastAPI's body parsing re-raises as it is, so
     the JSON handler above answers it.
     """
 
-    def __init__(self, app, limit):
-        self.app, self.limit = app, limit  # limit: () -> int, so it follows runtime reconfiguration
+    def __init__(self, app, limit, timeout):
+        # limit: () -> int, timeout: () -> float, so they follow runtime reconfiguration
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -117,15 +124,24 @@ class BodyLimit:
             if key == b"content-length" and value.isdigit() and int(value) > limit:
                 response = error_response(413, "payload_too_large", f"request body exceeds {limit} bytes", "body")
                 return await response(scope, receive, send)
-        seen = 0
+        seen, done, deadline = 0, False, None
 
-        async def counting_receive():
-            nonlocal seen
-            message = await receive()
+        async def guarded_receive():
+            nonlocal seen, done, deadline
+            if done:  # after the body: only a disconnect can come, and waiting for it is not ours to bound
+                return await receive()
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.timeout()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"request body not received within {self.timeout():g} s") from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                done = not message.get("more_body", False)
                 if seen > limit:
                     raise HTTPException(413, f"request body exceeds {limit} bytes")
             return message
 
-        await self.app(scope, counting_receive, send)
+        await self.app(scope, guarded_receive, send)

@@ -1,32 +1,31 @@
 """The HTTP ingress: a FastAPI app built per replica (``__serve_build_asgi_app__``), so its routes and
 middleware see the replica's model handles, limits and auth.
 
-Order of checks on a request: body size (413, before the body is read), bearer token (401, before any
-validation detail is revealed), request shape (400 malformed JSON, 422 naming each bad field), the
-operator's limits (422/413), then the model call under the ingress' own time limit (504 JSON, shorter
-than Serve's ``request_timeout_s``, which would answer a plain-text 408), with full model queues
-answered 503 + Retry-After instead of waiting without bound.
+Order of checks on a request: body size (413, before the body is read) and body time (408 when it
+stalls), bearer token (401, before any validation detail is revealed), content type (415), request
+shape (serve/bodies.py: 400 malformed JSON, 422 naming each bad field, strict types), the operator's
+limits (422/413), then the model call under the ingress' own time limit (504 JSON, shorter than
+Serve's ``request_timeout_s``), with full model queues answered 503 + Retry-After instead of waiting
+without bound. No error message repeats a value the client sent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import io
-import json
 import logging
 import time
 
 from fastapi import FastAPI, Request
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from pez_core.projection import ban_words
+
 from .auth import BearerAuth, load_token
-from .errors import ApiError, BodyLimit, error_response, install_error_handlers, validation_error
-from .schemas import (ErrorResponse, InvertJSONRequest, InvertOptions, InvertResponse, RewriteRequest,
-                      RewriteResponse)
+from .bodies import check_image, parse_invert, read_json
+from .docs import install_docs
+from .errors import ApiError, BodyLimit, error_response, install_error_handlers
+from .schemas import ErrorResponse, InvertJSONRequest, InvertOptions, InvertResponse, RewriteRequest, RewriteResponse
 from .settings import Limits
 
 log = logging.getLogger(__name__)
@@ -116,11 +115,13 @@ class AuthGate:
 
 
 def build_api(ing: Ingress) -> FastAPI:
-    api = FastAPI(title="promptmine", version="0.1.0", description=DESCRIPTION)
+    api = FastAPI(title="promptmine", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None)
     install_error_handlers(api)
+    install_docs(api, ing.auth.enabled)
 
     api.add_middleware(AuthGate, auth=lambda: ing.auth)
-    api.add_middleware(BodyLimit, limit=lambda: ing.limits.max_body_bytes)  # outermost: runs first
+    api.add_middleware(BodyLimit, limit=lambda: ing.limits.max_body_bytes,  # outermost: runs first
+                       timeout=lambda: ing.limits.body_timeout_s)
 
     @api.get("/healthz", summary="Liveness of the HTTP ingress")
     async def healthz() -> dict:
@@ -133,11 +134,12 @@ def build_api(ing: Ingress) -> FastAPI:
                                                ing.invert("describe", 10, retry, pass_deadline=False))
         return {"rewrite": rewrite, "invert": invert, "limits": ing.limits.model_dump(), "auth": ing.auth.enabled}
 
-    @api.post("/v1/rewrite", response_model=RewriteResponse, responses=_ERRORS,
-              summary="Rewrite plain prompts into detailed text-to-image prompts")
-    async def rewrite(body: RewriteRequest) -> dict:
+    @api.post("/v1/rewrite", response_model=RewriteResponse, responses={**_ERRORS, 415: {"model": ErrorResponse}},
+              summary="Rewrite plain prompts into detailed text-to-image prompts", openapi_extra=_REWRITE_BODY)
+    async def rewrite(request: Request) -> dict:
         start = time.perf_counter()
         limits = ing.limits
+        body = await read_json(request, RewriteRequest)
         prompts = body.prompt_list()
         check_rewrite(body, prompts, limits)
         out = await ing.rewrite("rewrite", limits.rewrite_timeout_s, limits.retry_after_s,
@@ -168,96 +170,45 @@ def check_rewrite(body: RewriteRequest, prompts: list[str], limits: Limits) -> N
     if not prompts:
         raise ApiError(422, "prompts: empty list", "prompts")
     if body.min_new_tokens > body.max_new_tokens:
-        raise ApiError(422, f"min_new_tokens={body.min_new_tokens} exceeds max_new_tokens={body.max_new_tokens}",
-                       "min_new_tokens")
+        raise ApiError(422, "min_new_tokens: exceeds max_new_tokens", "min_new_tokens")
     key = "prompt" if body.prompt is not None else "prompts"
     if len(prompts) > limits.max_prompts:
-        raise ApiError(422, f"{len(prompts)} prompts in one request; the limit is {limits.max_prompts}", "prompts")
+        raise ApiError(422, f"prompts: more than the limit of {limits.max_prompts} in one request", "prompts")
     for i, p in enumerate(prompts):
         field = key if key == "prompt" else f"prompts[{i}]"
         if not p.strip():
             raise ApiError(422, f"{field}: empty prompt", field)
         if len(p) > limits.max_prompt_chars:
-            raise ApiError(422, f"{field}: {len(p)} characters; the limit is {limits.max_prompt_chars}", field)
+            raise ApiError(422, f"{field}: over the limit of {limits.max_prompt_chars} characters", field)
     if body.max_new_tokens > limits.max_new_tokens:
-        raise ApiError(422, f"max_new_tokens={body.max_new_tokens} exceeds the limit {limits.max_new_tokens}",
-                       "max_new_tokens")
+        raise ApiError(422, f"max_new_tokens: over the limit of {limits.max_new_tokens}", "max_new_tokens")
     if body.mode == "beam" and body.num_beams > limits.max_beams:
-        raise ApiError(422, f"num_beams={body.num_beams} exceeds the limit {limits.max_beams}", "num_beams")
+        raise ApiError(422, f"num_beams: over the limit of {limits.max_beams}", "num_beams")
 
 
 def check_invert(options: InvertOptions, limits: Limits) -> None:
     if options.steps > limits.max_steps:
-        raise ApiError(422, f"steps={options.steps} exceeds the limit {limits.max_steps}", "steps")
+        raise ApiError(422, f"steps: over the limit of {limits.max_steps}", "steps")
     if options.prompt_len > limits.max_prompt_len:
-        raise ApiError(422, f"prompt_len={options.prompt_len} exceeds the limit {limits.max_prompt_len}",
-                       "prompt_len")
-    if len(options.ban) > limits.max_ban_words:
-        raise ApiError(422, f"{len(options.ban)} ban entries; the limit is {limits.max_ban_words}", "ban")
+        raise ApiError(422, f"prompt_len: over the limit of {limits.max_prompt_len}", "prompt_len")
+    check_ban(options.ban, limits)
 
 
-def check_image(data: bytes, limits: Limits) -> tuple[int, int]:
-    """(width, height) of a decodable image within the limits, else a 4xx naming the field 'image'."""
-    from PIL import Image
-
-    from pez_core import ImageError, decode_image
-
-    if len(data) > limits.max_image_bytes:
-        raise ApiError(413, f"image has {len(data)} bytes; the limit is {limits.max_image_bytes}", "image")
-    try:  # the header alone gives the size: refuse huge images before decoding them
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-        if w * h > limits.max_image_pixels:
-            raise ApiError(413, f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_image_pixels}", "image")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        pass  # decode_image below says precisely what is wrong
-    try:
-        return decode_image(data, "image", max_pixels=limits.max_image_pixels).size
-    except ImageError as e:
-        raise ApiError(400, f"image: {e.reason}", "image", type="invalid_image") from e
+def check_ban(ban: list[str], limits: Limits) -> None:
+    """Bound the ban list before the model builds a candidate table for it (one vocabulary scan per word)."""
+    for i, entry in enumerate(ban):
+        if len(entry) > limits.max_ban_entry_chars:
+            raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_chars} characters", f"ban[{i}]")
+        if len(entry.split()) > limits.max_ban_entry_words:
+            raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_words} words", f"ban[{i}]")
+    if sum(len(entry) for entry in ban) > limits.max_ban_chars:
+        raise ApiError(422, f"ban: over the limit of {limits.max_ban_chars} characters in all", "ban")
+    if len(ban_words(ban)) > limits.max_ban_words:
+        raise ApiError(422, f"ban: over the limit of {limits.max_ban_words} words", "ban")
 
 
-async def parse_invert(request: Request) -> tuple[bytes, InvertOptions]:
-    """The image bytes and options of a multipart upload or a base64 JSON body."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype == "multipart/form-data":
-        try:
-            form = await request.form(max_files=1, max_fields=80)
-        except ApiError:
-            raise
-        except Exception as e:
-            raise ApiError(400, f"malformed multipart body ({e})", "body") from e
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise ApiError(422, "image: field required (a file part named 'image')", "image")
-        data = await upload.read()
-        fields = {k: v for k, v in form.items() if k not in ("image", "ban")}
-        ban = [w.strip() for entry in form.getlist("ban") for w in str(entry).split(",") if w.strip()]
-        try:
-            return data, InvertOptions.model_validate({**fields, "ban": ban})
-        except ValidationError as e:
-            raise validation_error(e.errors()) from None
-    if ctype in ("application/json", ""):
-        raw = await request.body()
-        try:
-            payload = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"request body is not valid JSON ({e})", "body", type="malformed_json") from None
-        try:
-            req = InvertJSONRequest.model_validate(payload)
-        except ValidationError as e:
-            raise validation_error(e.errors()) from None
-        b64 = req.image_base64
-        if b64.startswith("data:"):
-            b64 = b64.partition(",")[2]
-        try:
-            data = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ApiError(400, f"image_base64: not valid base64 ({e})", "image_base64") from None
-        return data, InvertOptions(**req.model_dump(exclude={"image_base64"}))
-    raise ApiError(415, f"content type {ctype!r} is not accepted: send multipart/form-data with a file "
-                   "part 'image', or application/json with 'image_base64'", "Content-Type")
-
+_REWRITE_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": RewriteRequest.model_json_schema()}}}}
 
 _INVERT_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": InvertJSONRequest.model_json_schema()},

@@ -7,20 +7,36 @@ names its field).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+SEED_MAX = 2**32 - 1  # seeds are 32-bit: numpy / torch generators would alias larger ones
+
+
+def _encodable(text: str) -> str:
+    """Refuse strings that cannot be UTF-8 (a lone surrogate, JSON "\\ud800"): nothing downstream can use them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+# JSON bodies are validated strictly (true is not 1, "5" is not 5, 1.0 is not an int); floats must be finite.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class RewriteRequest(BaseModel):
     """One prompt (``prompt``) or several (``prompts``), and generation options."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(**STRICT, json_schema_extra={
         "examples": [{"prompt": "a cat in the rain", "max_new_tokens": 64},
                      {"prompts": ["a castle", "a fox at night"], "mode": "beam", "num_beams": 4}]})
 
-    prompt: str | None = Field(None, description="one raw prompt")
-    prompts: list[str] | None = Field(None, description="several raw prompts (rewritten in one batch)")
+    prompt: Text | None = Field(None, description="one raw prompt")
+    prompts: list[Text] | None = Field(None, description="several raw prompts (rewritten in one batch)")
     mode: Literal["greedy", "sample", "beam"] = Field("greedy", description="decoding")
     max_new_tokens: int = Field(128, ge=1, description="cap on generated tokens")
     min_new_tokens: int = Field(0, ge=0, description="suppress the end token until this many tokens")
@@ -29,7 +45,8 @@ class RewriteRequest(BaseModel):
     top_k: int = Field(0, ge=0, description="sample: keep the k best tokens (0 = off)")
     num_beams: int = Field(4, ge=2, description="beam: beams per prompt")
     repetition_penalty: float = Field(1.0, gt=0, le=10, description="> 1 discourages repeats")
-    seed: int | None = Field(None, ge=0, description="sample: generator seed (results also depend on batching)")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="sample: generator seed, 0 to 2**32 - 1 "
+                             "(results also depend on batching)")
 
     def prompt_list(self) -> list[str]:
         return [self.prompt] if self.prompt is not None else list(self.prompts or [])
@@ -56,18 +73,19 @@ class RewriteResponse(BaseModel):
 class InvertOptions(BaseModel):
     """PEZ options of an invert request (JSON fields, or form fields beside a multipart upload)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # form fields (strings) are validated with strict=False
 
     steps: int = Field(200, ge=1, description="optimisation steps (about 200 are often enough)")
     prompt_len: int = Field(16, ge=1, le=75, description="tokens in the learned prompt (paper: 16)")
-    ban: list[str] = Field(default_factory=list, description="words no token of the prompt may contain")
-    seed: int = Field(0, ge=0, description="seed of the initial prompt (results do not depend on batching)")
+    ban: list[Text] = Field(default_factory=list, description="words no token of the prompt may contain")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initial prompt, 0 to 2**32 - 1 "
+                      "(results do not depend on batching)")
 
 
 class InvertJSONRequest(InvertOptions):
     """The JSON form of an invert request: the image as base64 (a data: URL prefix is accepted)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(**STRICT, json_schema_extra={
         "examples": [{"image_base64": "iVBORw0KGgo...", "steps": 200, "prompt_len": 16, "ban": ["nsfw"]}]})
 
     image_base64: str = Field(min_length=1, description="the encoded image (PNG, JPEG, WebP, ...) in base64")
@@ -87,8 +105,9 @@ class InvertResponse(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    type: str = Field(description="invalid_request | validation_error | unauthorized | not_found | "
-                      "payload_too_large | overloaded | timeout | internal_error ...")
+    type: str = Field(description="invalid_request | malformed_json | validation_error | invalid_image | "
+                      "unauthorized | not_found | unsupported_media_type | payload_too_large | request_timeout | "
+                      "overloaded | timeout | internal_error ...")
     message: str
     field: str | None = Field(None, description="the input at fault, e.g. 'prompts[2]' or 'image'")
     errors: list[dict] | None = Field(None, description="every field error, for validation errors")

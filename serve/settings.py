@@ -26,7 +26,13 @@ class Limits(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height of one image (decompression bombs)")
     max_steps: int = Field(1000, ge=1, description="cap on PEZ optimisation steps of one invert request")
     max_prompt_len: int = Field(32, ge=1, le=75, description="cap on tokens of a learned prompt (CLIP: <= 75)")
-    max_ban_words: int = Field(64, ge=0, description="entries in one invert request's ban list")
+    max_ban_words: int = Field(64, ge=0, le=1024, description="words in one invert request's ban list (entries "
+                               "split on spaces; each word costs one scan of the vocabulary)")
+    max_ban_entry_words: int = Field(8, ge=1, le=64, description="words in one ban entry")
+    max_ban_entry_chars: int = Field(64, ge=1, le=1024, description="characters in one ban entry")
+    max_ban_chars: int = Field(1024, ge=1, le=100_000, description="characters in the whole ban list")
+    body_timeout_s: float = Field(20.0, gt=0, le=600, description="answer 408 when a request body is not "
+                                  "fully received this long after its first read (stalled or trickling clients)")
     rewrite_timeout_s: float = Field(30.0, gt=0, description="answer 504 when a rewrite takes longer")
     invert_timeout_s: float = Field(120.0, gt=0, description="answer 504 when an invert takes longer")
     retry_after_s: int = Field(1, ge=1, description="Retry-After header of a 503 when a model queue is full")
@@ -69,6 +75,8 @@ class AppArgs(Limits):
     max_queued_requests: int = Field(128, ge=1, description="requests waiting for a model replica beyond "
                                      "max_ongoing_requests; more get 503 + Retry-After")
     ingress_max_ongoing_requests: int = Field(512, ge=1, description="requests the HTTP ingress holds at once")
+    ingress_max_queued_requests: int = Field(1024, ge=1, description="requests Serve's proxy queues for the "
+                                             "ingress beyond that; more get a 503 (JSON with serve/proxy.py)")
     auth_token_env: str = Field("PROMPTMINE_API_TOKEN", description="environment variable holding the bearer "
                                 "token; unset or empty (and no auth_token_file) = no authentication")
     auth_token_file: str | None = Field(None, description="file holding the bearer token (e.g. a mounted secret)")

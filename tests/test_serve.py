@@ -104,6 +104,8 @@ def test_healthz_docs_and_models(client):
     assert set(spec["paths"]["/v1/invert"]["post"]["requestBody"]["content"]) == {
         "application/json", "multipart/form-data"}
     assert client.get("/docs").status_code == 200
+    assert "securitySchemes" not in spec.get("components", {})  # no token configured on this app
+    assert "bearerAuth" in client.get("/strict/openapi.json").json()["components"]["securitySchemes"]
     models = client.get("/v1/models").json()
     assert models["rewrite"]["architecture"] == "BloomForCausalLM"
     assert models["rewrite"]["stats"]["max_batch_size"] == 32

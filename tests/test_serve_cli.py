@@ -28,6 +28,23 @@ def test_parser_rejects_bad_set():
     assert main(["serve", "--set", "no-equals-sign"]) == 2
 
 
+def test_refuses_an_open_api_beyond_loopback(monkeypatch, capsys):
+    from pipelines.cli import main
+    from pipelines.serve_cli import check_token_for_host
+
+    monkeypatch.delenv("PROMPTMINE_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0"]) == 2  # exits before any Ray starts
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0" in err and "PROMPTMINE_API_TOKEN" in err and "--allow-no-token" in err
+    assert main(["serve", "--config", str(REPO / "serve/config.yaml"), "--host", "10.1.2.3"]) == 2
+    for host in ("127.0.0.1", "localhost", "::1"):  # loopback: an open API is allowed
+        check_token_for_host(host, [{}], allow_no_token=False)
+    check_token_for_host("0.0.0.0", [{}], allow_no_token=True)
+    check_token_for_host("0.0.0.0", [{"auth_token_file": "/run/secrets/token"}], allow_no_token=False)
+    monkeypatch.setenv("PROMPTMINE_API_TOKEN", "set")
+    check_token_for_host("0.0.0.0", [{}], allow_no_token=False)
+
+
 @pytest.fixture(scope="module")
 def cli_server():
     port = free_port()
