@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from pez_core.budgets import BUDGETS
 from pez_core.projection import ban_words
 
 from .auth import BearerAuth, load_token
@@ -214,7 +215,8 @@ _INVERT_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": InvertJSONRequest.model_json_schema()},
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary", "description": "the image file"},
-        "steps": {"type": "integer", "default": 200}, "prompt_len": {"type": "integer", "default": 16},
+        "steps": {"type": "integer", "default": BUDGETS["serve"].steps},
+        "prompt_len": {"type": "integer", "default": BUDGETS["serve"].prompt_len},
         "ban": {"type": "array", "items": {"type": "string"}, "description": "repeat, or comma-separated"},
         "seed": {"type": "integer", "default": 0}}}},
 }}}

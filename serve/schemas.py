@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from pez_core.budgets import BUDGETS
+
 SEED_MAX = 2**32 - 1  # seeds are 32-bit: numpy / torch generators would alias larger ones
 
 
@@ -75,8 +77,8 @@ class InvertOptions(BaseModel):
 
     model_config = STRICT  # form fields (strings) are validated with strict=False
 
-    steps: int = Field(200, ge=1, description="optimisation steps (about 200 are often enough)")
-    prompt_len: int = Field(16, ge=1, le=75, description="tokens in the learned prompt (paper: 16)")
+    steps: int = Field(BUDGETS["serve"].steps, ge=1, description="optimisation steps (default: pez_core.budgets)")
+    prompt_len: int = Field(BUDGETS["serve"].prompt_len, ge=1, le=75, description="tokens in the learned prompt (paper: 16)")
     ban: list[Text] = Field(default_factory=list, description="words no token of the prompt may contain")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initial prompt, 0 to 2**32 - 1 "
                       "(results do not depend on batching)")

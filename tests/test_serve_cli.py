@@ -30,7 +30,7 @@ def test_parser_rejects_bad_set():
 
 def test_refuses_an_open_api_beyond_loopback(monkeypatch, capsys):
     from pipelines.cli import main
-    from pipelines.serve_cli import check_token_for_host
+    from serve.cli import check_token_for_host
 
     monkeypatch.delenv("PROMPTMINE_API_TOKEN", raising=False)
     assert main(["serve", "--host", "0.0.0.0"]) == 2  # exits before any Ray starts
