@@ -132,7 +132,7 @@ def test_inputs_end_with_eos_and_are_cut_from_the_left(trained_aes):
     full = tok("a cat, " * 40 + "8k, artstation")["input_ids"] + [tok.eos_token_id]
     assert ids == full[-24:] and ids[-1] == tok.eos_token_id and tok.eos_token_id != tok.pad_token_id
     tail = "highly detailed, 8k, concept art, sharp focus, octane render, masterpiece, artstation, 8k"
-    a, b = ("a cat, " * 40 + tail), ("a robot, " * 40 + tail)  # differ only beyond the last 24 tokens
+    a, b = ("a cat, " * 40 + tail * 2), ("a robot, " * 40 + tail * 2)  # differ only beyond the last 24 tokens
     scores = rm.score([a, b], [a, b])
     assert float(scores[0]) == pytest.approx(float(scores[1]), abs=1e-5)
     short = rm.score(["x"], ["a cat"])
