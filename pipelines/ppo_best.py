@@ -43,3 +43,22 @@ def save_best(output: str, options: StorageOptions, policy, tokenizer, eval_rewa
                 out.child(str(path.relative_to(d))).write_bytes(path.read_bytes())
     out.child(BEST_FILE).write_text(json.dumps({"eval_reward": eval_reward, "step": step, "updates": updates}))
     log.info("new best held-out reward %.4f after %d updates: saved to %s", eval_reward, updates, out.uri)
+
+
+def fetch_model(uri: str, options: StorageOptions | None = None) -> str:
+    """A local copy of the model at an ``s3://`` URI, for serving: the training output's ``best/`` when
+    it has one, else its ``model/``, else the folder itself (a plain saved model)."""
+    options = options or StorageOptions.from_env(forward_credentials=False)
+    root = options.resolve(uri)
+    for loc in (root.child(BEST_DIR), root.child("model"), root):
+        if loc.child("config.json").exists():
+            break
+    else:
+        raise FileNotFoundError(f"{uri}: no config.json there, nor in best/ or model/ (not a saved model)")
+    folder = Path(tempfile.mkdtemp(prefix="promptmine-model-"))
+    for path, _ in loc.list_files():
+        target = folder / path.relative_to(loc)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    log.info("copied %s to %s", loc.uri, folder)
+    return str(folder)
