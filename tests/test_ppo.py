@@ -111,7 +111,7 @@ def test_kl_penalty_is_in_the_rewards_and_the_controller_sees_trlx_kl(tiny_lm_di
     torch.testing.assert_close(exp.rewards, -0.5 * log_ratio, atol=1e-5, rtol=1e-4)
     # the controller's KL: sum over query and response tokens of exp(lr) - 1 - lr, mean over rollouts
     lr = (sequence_logprobs(pol_logits, exp.tokens) - sequence_logprobs(ref_logits, exp.tokens))
-    lr = lr * exp.attention_mask[:, 1:]
+    lr = lr * exp.attention_mask[:, :-1]  # trlx masks by the predicting position
     expected = float((lr.exp() - 1 - lr).sum(1).mean())
     assert stats["kl"] == pytest.approx(expected, rel=1e-4)
     response_only = float(((log_ratio.exp() - 1 - log_ratio) * mask).sum(1).mean())

@@ -270,7 +270,7 @@ class PPOTrainer:
         ref_logits = self.ref_model(input_ids=tokens, attention_mask=attn,
                                     **position_kwargs(self.ref_model, attn)).logits
         all_ref_logprobs = sequence_logprobs(ref_logits, tokens)
-        kl = sequence_kl(all_logprobs, all_ref_logprobs, attn[:, 1:].float())  # what the controller sees
+        kl = sequence_kl(all_logprobs, all_ref_logprobs, attn[:, :-1].float())  # trlx: mask of the predictor
 
         logprobs, ref_logprobs = all_logprobs[:, q - 1:], all_ref_logprobs[:, q - 1:]
         log_ratio = (logprobs - ref_logprobs) * mask

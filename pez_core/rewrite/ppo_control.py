@@ -38,7 +38,8 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
     """trlx's KL statistic: mean over rollouts of sum_t (exp(lr) - 1 - lr) * mask, lr = logp - logp_ref.
 
     ``logprobs``, ``ref_logprobs`` and ``mask`` are (b, t - 1): every predicted token of the sequence
-    (query and response), mask 1 where the token is attended (not padding).
+    (query and response); as trlx, ``mask`` is the attention mask of the *predicting* position
+    (``attention_mask[:, :-1]``).
     """
     log_ratio = (logprobs - ref_logprobs) * mask
     return float(((log_ratio.exp() - 1 - log_ratio) * mask).sum(1).mean())
