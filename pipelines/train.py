@@ -12,6 +12,8 @@ a crashed worker restarts the group from it (``--max-failures``). At the end the
 
     OUTPUT/model/          save_pretrained: AutoModelForCausalLM / AutoModelForSequenceClassification load it
                            (PPO adds value_head.pt)
+    OUTPUT/best/           PPO: the policy with the best held-out reward (best.json says when); `promptmine serve
+                           --rewrite-model OUTPUT` and Rewriter.from_pretrained(OUTPUT) load it
     OUTPUT/metrics.csv     one row per step (loss, lr, ... ; PPO: score, kl, kl_coef, pg_loss, vf_loss, ...)
     OUTPUT/metrics.jsonl   the same rows as JSON lines
     OUTPUT/summary.json    stage, steps, workers, the steps each attempt started from, final metrics
