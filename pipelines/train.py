@@ -70,7 +70,8 @@ def register(subparsers) -> None:
     ppo.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay (1e-6)")
     ppo.add_argument("--min-lr", type=float, help="cosine annealing floor over the run (default lr / 10)")
     ppo.add_argument("--eval-interval", type=int, default=200,
-                     help="optimiser updates between held-out evaluations; the best is kept in OUTPUT/best (200; 0: off)")
+                     help="optimiser updates between held-out evaluations; the best model is kept in "
+                          "OUTPUT/best (200; 0: off)")
     ppo.add_argument("--eval-prompts", type=int, default=64, help="held-out raw prompts per evaluation (64)")
     ppo.add_argument("--init-kl-coef", type=float, default=0.05, help="initial KL coefficient (0.05)")
     ppo.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL target; 0 keeps it fixed (6)")

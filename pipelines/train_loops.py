@@ -335,7 +335,8 @@ def ppo_loop(config: dict) -> None:
     run = Run(job)
     df = read_table(job.data_uri, job.options, columns=["raw_prompt", "prompt"])
     n_eval = min(job.eval_prompts, len(df) // 2) if job.eval_interval else 0
-    train_df, eval_df = split_eval(df, n_eval / len(df) if n_eval else 0.0, job.seed)  # held-out raw prompts
+    shuffled = df.sample(frac=1.0, random_state=job.seed)  # the same held-out raw prompts on every worker
+    train_df, eval_df = (shuffled.iloc[n_eval:], shuffled.iloc[:n_eval]) if n_eval else (df, df.iloc[:0])
     rows = list(zip(train_df["raw_prompt"], train_df["prompt"]))[run.rank::run.world]  # this worker's prompts
     eval_rows = list(zip(eval_df["raw_prompt"], eval_df["prompt"]))
     eval_rows = eval_rows[run.rank::run.world] or eval_rows

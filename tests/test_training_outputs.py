@@ -20,7 +20,8 @@ def test_a_local_output_folder_resolves_to_best_then_model(tmp_path):
     _fake_model(out / "best", "best")
     assert training_output_model(str(out)) == str(out / "best")
     assert training_output_model(str(out / "model")) == str(out / "model")  # a model folder stays itself
-    assert training_output_model("alibaba-pai/pai-bloom-1b1-text2prompt-sd") == "alibaba-pai/pai-bloom-1b1-text2prompt-sd"
+    hub_id = "alibaba-pai/pai-bloom-1b1-text2prompt-sd"
+    assert training_output_model(hub_id) == hub_id
 
 
 def test_an_s3_output_folder_is_fetched_best_first(s3_env, tmp_path):
