@@ -182,6 +182,6 @@ def test_reference_mode_optimises(tiny_clip):
     """Catches: the reference loop's optimiser step deleted (the prompt would never leave its start)."""
     target = [text_target(tiny_clip, "a red cat on a red sofa at night")]
     [start] = invert_reference(tiny_clip, target, PEZConfig(prompt_len=8, steps=1))
-    [done] = invert_reference(tiny_clip, target, PEZConfig(prompt_len=8, steps=30))
+    [done] = invert_reference(tiny_clip, target, PEZConfig(prompt_len=8, steps=12))
     print("reference mode", start.cosine, done.cosine, done.best_step)
     assert done.best_step > 0 and done.cosine > start.cosine + 0.05
