@@ -189,7 +189,7 @@ def test_num_layers_unfrozen_trains_only_the_top_blocks(tiny_lm_dir, tokenizer):
     assert group["weight_decay"] == 1e-6 and group["betas"] == (0.9, 0.95)
 
 
-def test_ppo_raises_a_synthetic_reward_with_bounded_kl(tiny_lm_dir, tokenizer):
+def test_ppo_raises_a_synthetic_reward_and_kl_coef_tracks_the_target(tiny_lm_dir, tokenizer):
     seed_everything(0)
     policy = PolicyWithValueHead.from_pretrained(tiny_lm_dir)
     ref = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
