@@ -32,7 +32,8 @@ def register(subparsers) -> None:
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, or the config's http_options.host)")
     p.add_argument("--port", type=int, help="HTTP port (default: 8000, or the config's http_options.port)")
     p.add_argument("--preset", help="CLIP preset and default rewrite model: tiny, sd15, sd2, sdxl (default: tiny)")
-    p.add_argument("--rewrite-model", help="rewrite LM: Hugging Face id, local folder, or 'tiny'")
+    p.add_argument("--rewrite-model", help="rewrite LM: Hugging Face id, local folder, 'tiny', or a "
+                                              "`promptmine train` output (local or s3://; PPO: its best/ model)")
     p.add_argument("--clip-model", help="open_clip model name or folder (overrides the preset's CLIP)")
     p.add_argument("--clip-pretrained", help="with --clip-model: a pretrained tag or checkpoint file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -54,7 +55,7 @@ def check_token_for_host(host: str, app_args: list[dict], allow_no_token: bool) 
     """Refuse an open API on a non-loopback address: every application needs a token unless allowed."""
     import ipaddress
 
-    from .cli import CLIError
+    from pipelines.cli import CLIError
 
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -105,7 +105,11 @@ class RewriteModel(_Batched):
 
             self._tmp = tempfile.TemporaryDirectory(prefix="promptmine-tiny-lm-")
             path = str(build_tiny_lm(self._tmp.name, arch="bloom", seed=0))
-        else:
+        elif model.startswith(("s3://", "s3a://")):  # e.g. a `promptmine train ppo` output: its best/ model
+            from pipelines.train.best import fetch_model
+
+            path = fetch_model(model)
+        else:  # a hub id or local folder; a training output folder loads its best/ (else model/) model
             path = model
         self.rewriter = Rewriter.from_pretrained(path, template=template, device=device)
         self.model_name = model

@@ -57,7 +57,8 @@ class AppArgs(Limits):
 
     preset: str = Field("tiny", description="CLIP preset and default rewrite model: " + ", ".join(PRESETS)
                         + " (tiny: random weights built offline, for demos and tests)")
-    rewrite_model: str | None = Field(None, description="causal LM: Hugging Face id, local folder, or 'tiny'; "
+    rewrite_model: str | None = Field(None, description="causal LM: Hugging Face id, local folder, 'tiny', or a "
+                                      "`promptmine train` output folder (local or s3://; PPO: its best/ model); "
                                       "default: 'tiny' for preset tiny, else BeautifulPrompt's bloom-1b1")
     rewrite_template: str = Field("v1", description="instruction template of the rewrite model")
     clip_model: str | None = Field(None, description="open_clip model name or folder (overrides the preset's)")

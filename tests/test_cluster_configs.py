@@ -347,6 +347,7 @@ def test_serve_config_is_a_valid_serve_deploy_config_matching_serve_config_yaml(
         {k: ref[k] for k in ("name", "route_prefix", "import_path")}
     args = AppArgs.model_validate(app["args"])  # what build_app will be given
     assert args.preset == "sd2"
+    assert args.rewrite_model == "s3://promptmine-data/models/ppo"  # a PPO output: the replica serves its best/
     deployments = {d["name"]: d for d in app["deployments"]}
     reference = {d["name"]: d for d in ref["deployments"]}
     assert deployments.keys() == reference.keys()

@@ -104,7 +104,10 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         if srv.expected_key and self.headers.get("Authorization") != f"Bearer {srv.expected_key}":
             return self._send(401, {"error": {"message": "bad key"}})
         user = body["messages"][-1]["content"]
-        answer = "" if "EMPTY" in user else f'"summary of {" ".join(user.split()[:3]).rstrip(",")}"'
+        if "Expand" in body["messages"][0]["content"]:  # LLMExpander's instruction
+            answer = "" if "EMPTY" in user else f"{user}, highly detailed, digital painting, artstation, 8k"
+        else:
+            answer = "" if "EMPTY" in user else f'"summary of {" ".join(user.split()[:3]).rstrip(",")}"'
         self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
 
     def _send(self, status, payload):

@@ -51,3 +51,28 @@ def test_pairs_cli_errors(tmp_path, capsys):
     assert main(["pairs", "--input", str(tmp_path / "t.parquet"), "--output", str(tmp_path / "o.parquet"),
                  "--prompt-column", "text", "--summariser", "llm"]) == 2
     assert "no base URL" in capsys.readouterr().err
+
+
+def test_pairs_llm_expander_over_http(tmp_path, capsys, monkeypatch, fake_llm):  # noqa: F811
+    """The paper's third source: low-quality prompts expanded by an OpenAI-compatible LLM."""
+    monkeypatch.setenv("PAIRS_KEY", fake_llm.expected_key)
+    pd.DataFrame({"prompt": HIGH + LOW + LOW[:1] + ["a EMPTY answer"]}).to_csv(tmp_path / "prompts.csv", index=False)
+    argv = ["pairs", "--input", str(tmp_path / "prompts.csv"), "--output", str(tmp_path / "p.parquet"),
+            "--summariser", "none", "--expander", "llm", "--llm-url", fake_llm.url + "/v1", "--llm-model", "m",
+            "--llm-api-key-env", "PAIRS_KEY", "--rejects", str(tmp_path / "r.parquet"), "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    pairs = pd.read_parquet(tmp_path / "p.parquet")
+    assert pairs["raw_prompt"].tolist() == LOW  # each distinct low-quality prompt once, in input order
+    assert pairs["prompt"].tolist() == [f"{raw}, highly detailed, digital painting, artstation, 8k" for raw in LOW]
+    assert set(pairs["source"]) == {"expansion"} and summary["candidates"] == {"expansion": 3}
+    rejects = pd.read_parquet(tmp_path / "r.parquet")
+    assert rejects["reason"].tolist() == ["expander returned nothing"]
+    bodies = [r["body"] for r in fake_llm.requests]
+    assert len(bodies) == 4 and all("Expand" in b["messages"][0]["content"] for b in bodies)
+    assert all(b["max_tokens"] == 256 for b in bodies)
+    # both sources in one run: summaries of the high-quality prompts and expansions of the low ones
+    argv[argv.index("none")] = "llm"
+    assert main(argv) == 0
+    both = pd.read_parquet(tmp_path / "p.parquet")
+    assert sorted(set(both["source"])) == ["expansion", "summary"]

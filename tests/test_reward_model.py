@@ -120,3 +120,21 @@ def test_ps_input_and_combined_reward_is_a_delta(trained_aes, tiny_lm_dir):
     assert aes_delta[1] > 0 > aes_delta[0]  # more tags than the reference helps r_aes; fewer hurts
     with pytest.raises(ValueError, match="reference"):
         reward(RewardBatch(raws, responses, [None, None], [[], []]))
+
+
+def test_inputs_end_with_eos_and_are_cut_from_the_left(trained_aes):
+    """As the authors' reward models: the head reads an appended EOS; long inputs keep their end."""
+    from pez_core.rewrite.reward_model import encode_reward_texts
+
+    rm = RewardModel.from_pretrained(trained_aes[0], max_length=24)
+    tok = rm.tokenizer
+    [ids] = encode_reward_texts(tok, ["a cat, " * 40 + "8k, artstation"], 24)
+    full = tok("a cat, " * 40 + "8k, artstation")["input_ids"] + [tok.eos_token_id]
+    assert ids == full[-24:] and ids[-1] == tok.eos_token_id and tok.eos_token_id != tok.pad_token_id
+    tail = "highly detailed, 8k, concept art, sharp focus, octane render, masterpiece, artstation, 8k"
+    a, b = ("a cat, " * 40 + tail * 2), ("a robot, " * 40 + tail * 2)  # differ only beyond the last 24 tokens
+    scores = rm.score([a, b], [a, b])
+    assert float(scores[0]) == pytest.approx(float(scores[1]), abs=1e-5)
+    short = rm.score(["x"], ["a cat"])
+    with_eos = rm.model(input_ids=torch.tensor([tok("a cat")["input_ids"] + [tok.eos_token_id]])).logits
+    assert float(short[0]) == pytest.approx(float(with_eos[0, 0]) * rm.std + rm.mean, abs=1e-4)

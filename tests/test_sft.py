@@ -96,3 +96,22 @@ def test_sft_lowers_the_completion_loss(tiny_lm_dir, tokenizer):
     after = evaluate_loss(model, eval_loader)
     assert after < 0.5 * before, (before, after)
     assert stats["lr"] < 3e-3 * 0.05  # the cosine schedule decayed the rate
+
+
+def test_length_filter_as_the_papers_sft_code(tokenizer):
+    """Off by default; on: drop targets under min_prompt_tokens, and short_drop of those under short_prompt_tokens."""
+    from pez_core.rewrite.sft import length_filter
+
+    prompts = ["a cat"] * 50 + ["a cat, " + "highly detailed, " * k for k in range(1, 40)] * 5
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    assert length_filter(tokenizer, prompts, SFTConfig()) == list(range(len(prompts)))
+    cfg = SFTConfig(min_prompt_tokens=25, short_prompt_tokens=35, short_drop=0.3)
+    keep = length_filter(tokenizer, prompts, cfg, seed=0)
+    assert all(lengths[i] >= 25 for i in keep)
+    assert all(i in keep for i, n in enumerate(lengths) if n >= 35)  # long rows always stay
+    short = [i for i, n in enumerate(lengths) if 25 <= n < 35]
+    kept_short = sum(i in keep for i in short) / len(short)
+    assert len(short) >= 20 and 0.45 < kept_short < 0.9, (len(short), kept_short)  # about 70% kept
+    assert keep == length_filter(tokenizer, prompts, cfg, seed=0)  # reproducible
+    with pytest.raises(ValueError, match="short_drop"):
+        SFTConfig(short_drop=1.5)

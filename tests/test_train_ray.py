@@ -109,12 +109,19 @@ def test_ppo_on_two_workers_with_a_reward_model_on_s3(ray_cluster, s3_env, tiny_
     out = tmp_path / "ppo"
     monkeypatch.chdir(tmp_path)  # relative --data and --output: workers run elsewhere, the CLI resolves them
     assert train("ppo", "--data", os.path.relpath(pairs), "--output", "ppo", "--model", tiny_lm_dir,
-                 "--reward-aes", "s3://train-ppo/r_aes", "--alpha", 0, "--workers", 2, "--max-steps", 3,
+                 "--reward-aes", "s3://train-ppo/r_aes", "--alpha", 0, "--workers", 2, "--max-steps", 12,
                  "--rollouts-per-step", 8, "--chunk-size", 8,
                  "--minibatch-size", 4, "--ppo-epochs", 2, "--max-new-tokens", 6, "--lr", 1e-4,
-                 "--checkpoint-every", 2) == 0
+                 "--checkpoint-every", 2, "--eval-interval", 8, "--eval-prompts", 4) == 0
     metrics = pd.read_csv(out / "metrics.csv")
-    assert metrics["step"].tolist() == [1, 2, 3]
+    # --max-steps counts optimiser updates, as trlx: 8 rollouts / minibatch 4 x 2 epochs = 4 per collection
+    assert metrics["step"].tolist() == [1, 2, 3] and metrics["updates"].tolist() == [4, 8, 12]
+    assert metrics["eval_reward"].notna().tolist() == [False, True, True]  # every 8 updates and at the end
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["eval_reward"] == pytest.approx(metrics["eval_reward"].max(), abs=1e-5)
+    from pez_core.rewrite.rewriter import Rewriter
+
+    assert Rewriter.from_pretrained(str(out)).model.config.model_type == "bloom"  # OUTPUT serves OUTPUT/best
     for column in ("score", "kl", "kl_coef", "pg_loss", "vf_loss", "response_tokens", "sample"):
         assert column in metrics, column
     assert (metrics["kl_coef"] <= 0.05).all() and metrics["kl_coef"].iloc[-1] < 0.05  # KL < target 6: coef falls

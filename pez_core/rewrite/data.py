@@ -10,7 +10,10 @@ Steps (the paper's section 3.1, with our documented rules):
 2. Every prompt is classified low / mid / high (quality.py). High-quality prompts are deduplicated
    (DiffusionDB repeats a prompt for every seed) and become the ``prompt`` side of pairs.
 3. Their ``raw_prompt`` side comes from (a) a summariser (summarise.py: rule-based or an LLM) and/or
-   (b) a captioner run on the prompt's image (caption.py: BLIP); ``source`` says which.
+   (b) a captioner run on the prompt's image (caption.py: BLIP); ``source`` says which. (c) The paper's
+   third source runs the other way: an LLM expander (summarise.LLMExpander) turns each distinct
+   low-quality prompt into a high-quality one (``source=expansion``; score columns are left empty, since
+   the input's scores belong to the low-quality prompt's image).
    A table that already has ``raw_prompt`` and ``prompt`` columns is taken as pairs (``source=given``).
 4. Every pair is cleaned (clean.py: length bounds, non-English, NSFW words, score floors, dedupe);
    dropped rows go to a rejects table with their reason.
@@ -64,6 +67,7 @@ class PairConfig:
     prompt_column: str = "prompt"  # column of the input prompts
     summarise: bool = True  # make pairs by summarising high-quality prompts (needs a summariser)
     caption: bool = False  # make pairs by captioning the images of high-quality prompts (needs a captioner)
+    expand: bool = False  # make pairs by expanding low-quality prompts with an LLM (needs an expander)
     image_column: str = "image"  # image bytes, or a path (relative to image_root), per row
     image_root: str | None = None  # folder that relative image paths start from
     max_nsfw_score: float | None = 0.5  # drop input rows whose prompt_nsfw / image_nsfw is above (None: off)
@@ -103,8 +107,8 @@ class PairResult:
 
 
 def build_pairs(table: pd.DataFrame, cfg: PairConfig | None = None, *, summariser=None, captioner=None,
-                image_loader: Callable | None = None, on_progress: Callable[[str, int], None] | None = None
-                ) -> PairResult:
+                image_loader: Callable | None = None, on_progress: Callable[[str, int], None] | None = None,
+                expander=None) -> PairResult:
     """Pairs from ``table`` (see the module docstring). ``on_progress(stage, n)`` reports batches done."""
     cfg = cfg or PairConfig()
     stats = PairStats(rows_read=len(table))
@@ -124,15 +128,17 @@ def build_pairs(table: pd.DataFrame, cfg: PairConfig | None = None, *, summarise
     else:
         if cfg.prompt_column not in table.columns:
             raise ValueError(f"the table has no {cfg.prompt_column!r} column; columns: {list(table.columns)}")
-        if not (cfg.summarise and summariser) and not (cfg.caption and captioner):
-            raise ValueError("nothing makes pairs: give a summariser (summarise=True) and/or a captioner "
-                             "(caption=True)")
-        high = _high_quality_rows(table, cfg, stats)
+        if not (cfg.summarise and summariser) and not (cfg.caption and captioner) and not (cfg.expand and expander):
+            raise ValueError("nothing makes pairs: give a summariser (summarise=True), a captioner "
+                             "(caption=True) and/or an expander (expand=True)")
+        high, low = _rows_by_quality(table, cfg, stats)
         if cfg.summarise and summariser is not None:
             _summary_pairs(high, cfg, summariser, candidates, reject, on_progress)
         if cfg.caption and captioner is not None:
             _caption_pairs(high, cfg, captioner, image_loader or _image_loader(cfg), candidates, reject,
                            on_progress)
+        if cfg.expand and expander is not None:
+            _expansion_pairs(low, cfg, expander, candidates, reject, on_progress)
     cleaner = PairCleaner(cfg.clean)
     kept = []
     for c in candidates:
@@ -172,9 +178,9 @@ def _drop_flagged(table: pd.DataFrame, cfg: PairConfig, reject) -> pd.DataFrame:
     return table[keep]
 
 
-def _high_quality_rows(table: pd.DataFrame, cfg: PairConfig, stats: PairStats) -> list[dict]:
-    """Distinct high-quality rows (first occurrence of each normalised prompt), up to cfg.limit."""
-    out, seen = [], set()
+def _rows_by_quality(table: pd.DataFrame, cfg: PairConfig, stats: PairStats) -> tuple[list[dict], list[dict]]:
+    """Distinct high- and low-quality rows (first occurrence of each normalised prompt), each up to cfg.limit."""
+    out, seen, low = [], set(), []
     for row in table.to_dict("records"):
         prompt = row.get(cfg.prompt_column)
         if not isinstance(prompt, str):
@@ -182,16 +188,19 @@ def _high_quality_rows(table: pd.DataFrame, cfg: PairConfig, stats: PairStats) -
             continue
         label = classify(prompt, cfg.quality)
         stats.quality[label] += 1
+        key = normalise(prompt)
+        if label == "low" and key not in seen and (cfg.limit is None or len(low) < cfg.limit):
+            seen.add(key)
+            low.append(row)
         if label != "high":
             continue
-        key = normalise(prompt)
         if key in seen or (cfg.limit is not None and len(out) >= cfg.limit):
             continue
         seen.add(key)
         out.append(row)
     stats.high_unique = len(out)
     log.info("quality split: %s; %d distinct high-quality prompts", dict(stats.quality), len(out))
-    return out
+    return out, low
 
 
 def _summary_pairs(high, cfg, summariser, candidates, reject, on_progress):
@@ -210,6 +219,21 @@ def _summary_pairs(high, cfg, summariser, candidates, reject, on_progress):
                                    "source": "summary"})
         if on_progress:
             on_progress("summary", len(rows))
+
+
+def _expansion_pairs(low, cfg, expander, candidates, reject, on_progress):
+    for start in range(0, len(low), cfg.batch_size):
+        raws = [r[cfg.prompt_column] for r in low[start:start + cfg.batch_size]]
+        expansions = expander.expand(raws)
+        if len(expansions) != len(raws):
+            raise RuntimeError(f"expander returned {len(expansions)} prompts for {len(raws)} raw prompts")
+        for raw, prompt in zip(raws, expansions):
+            if not prompt or not str(prompt).strip():
+                reject(raw, None, "expansion", "expander returned nothing")
+            else:
+                candidates.append({"raw_prompt": raw, "prompt": str(prompt), "source": "expansion"})
+        if on_progress:
+            on_progress("expansion", len(raws))
 
 
 def _image_loader(cfg: PairConfig) -> Callable:

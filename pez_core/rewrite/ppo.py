@@ -1,17 +1,19 @@
 """Compact PPO for the rewriter (BeautifulPrompt stage 3), written here because TRL removed its PPOTrainer.
 
-The algorithm follows Ziegler et al. (2019) as implemented by trlx 0.6, which the paper's code copies:
+The algorithm is trlx 0.6's, which the paper's code copies (differences: docs/training.md):
 
-1. Rollouts: sample a completion for each raw prompt's template (top_k 0, top_p 1: plain sampling).
-2. Score: a pluggable reward function (``CombinedReward`` of the reward models, or any callable taking a
-   ``RewardBatch``), scaled by the running std of scores and clipped to +-10.
-3. Per-token reward: -kl_coef * (log pi(a|s) - log pi_ref(a|s)) against the frozen SFT model, plus the
-   score on the last response token.
+1. Collection: sample a completion for each of ``rollouts_per_step`` raw prompts (top_k 0, top_p 1).
+2. Score with a pluggable reward function (``CombinedReward`` of the reward models, or any callable taking
+   a ``RewardBatch``); clip to +-10, then divide by the running std (ppo_control.clip_and_scale).
+3. Per-token reward: -kl_coef * (log pi - log pi_ref) on the response, plus the score on its last token.
 4. GAE (gamma 1, lambda 0.95) over the response tokens with a value head on the policy.
-5. ``ppo_epochs`` passes of clipped policy loss (0.2) + 0.5 * clipped value loss (0.2) in minibatches.
-6. An adaptive KL controller moves kl_coef toward a target KL (initial 0.05, target 6, horizon 10000).
+5. Learning as trlx runs it: the rollouts are shuffled into minibatches of ``minibatch_size`` (paper: 4)
+   and each minibatch gets ``ppo_epochs`` (4) consecutive optimiser updates of clipped policy loss (0.2)
+   + 0.5 * clipped value loss (0.2). ``total_steps`` counts these updates, as trlx's does.
+6. After each minibatch the adaptive KL controller moves kl_coef toward the target (6) with
+   ``n_steps = minibatch_size``, fed with trlx's KL statistic of the collection (ppo_control.sequence_kl).
 
-Under DistributedDataParallel each worker makes its own rollouts; the KL estimate and score moments are
+Under DistributedDataParallel each worker makes its own rollouts; the KL statistic and score moments are
 averaged over workers so every worker keeps the same kl_coef and reward scale.
 
 Shapes: b rollouts, q query tokens (left-padded), r response tokens (right-padded), t = q + r, v vocabulary.
@@ -22,47 +24,56 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from .ppo_control import (  # noqa: F401  (re-exported)
+    AdaptiveKLController,
+    FixedKLController,
+    RunningMoments,
+    clip_and_scale,
+    sequence_kl,
+)
 from .optim import global_mean
+from .ppo_model import VALUE_HEAD_FILE, PolicyWithValueHead, freeze_lower_layers, position_kwargs, unwrap  # noqa: F401
 from .reward_model import RewardBatch
 from .sft import context_ids
 from .templates import DEFAULT_TEMPLATE, TEMPLATES
 
 log = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.pt"
 RewardFn = Callable[[RewardBatch], torch.Tensor]
 
 
 @dataclass
 class PPOConfig:
     lr: float = 5e-6  # AdamW learning rate of policy + value head (paper: 5e-6)
-    rollouts_per_step: int = 64  # rollouts per PPO step per worker (paper: 64)
+    min_lr: float | None = None  # cosine annealing floor over total_steps (None: lr / 10; = lr: constant)
+    weight_decay: float = 1e-6  # AdamW weight decay on every trainable tensor (trlx config: 1e-6)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW betas (trlx config: 0.9, 0.95)
+    rollouts_per_step: int = 64  # rollouts per collection per worker (trlx num_rollouts; paper: 64)
     chunk_size: int = 16  # prompts per generate() call (paper: 16)
-    minibatch_size: int = 16  # rollouts per gradient step (paper: 16)
-    ppo_epochs: int = 4  # passes over each step's rollouts (paper: 4)
+    minibatch_size: int = 4  # rollouts per optimiser update per worker (trlx train.batch_size; paper: 4)
+    ppo_epochs: int = 4  # consecutive updates on each minibatch (trlx ppo_epochs; paper: 4)
+    num_layers_unfrozen: int = 8  # top transformer blocks trained; embeddings and lower blocks frozen (-1: all)
     init_kl_coef: float = 0.05  # initial KL penalty coefficient (paper: 0.05)
-    target_kl: float | None = 6.0  # KL the adaptive controller aims at; None keeps kl_coef fixed (paper: 6)
+    target_kl: float | None = 6.0  # trlx KL statistic the controller aims at; None keeps kl_coef fixed (paper: 6)
     kl_horizon: int = 10000  # rollouts over which kl_coef moves by at most 20% per unit error (paper: 10000)
     gamma: float = 1.0  # discount (paper: 1)
     lam: float = 0.95  # GAE lambda (paper: 0.95)
     cliprange: float = 0.2  # policy ratio clip (paper: 0.2)
     cliprange_value: float = 0.2  # value prediction clip around the old values (paper: 0.2)
     vf_coef: float = 0.5  # weight of the value loss (paper: 0.5)
-    scale_reward: str = "running"  # "running": divide scores by their running std; "none"
-    cliprange_reward: float = 10.0  # clip scaled scores to +-this (paper: 10; 0 disables)
+    scale_reward: str = "running"  # "running": divide (clipped) scores by their running std; "none"
+    cliprange_reward: float = 10.0  # clip scores to +-this before scaling (paper: 10; 0 disables)
     max_new_tokens: int = 256  # generation budget per rollout (paper: 256)
     top_k: int = 0  # 0 disables top-k (paper: 0)
     top_p: float = 1.0  # nucleus sampling mass (paper: 1.0)
     temperature: float = 1.0  # sampling temperature
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
-    total_steps: int = 5000  # PPO steps (paper: 5000)
+    total_steps: int = 5000  # optimiser updates, as trlx counts them (paper: 5000)
     template: str = DEFAULT_TEMPLATE  # instruction template the SFT model was trained with
 
     def __post_init__(self):
@@ -80,7 +91,7 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("cliprange", "cliprange_value", "vf_coef", "cliprange_reward"):
+        for name in ("cliprange", "cliprange_value", "vf_coef", "cliprange_reward", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -89,91 +100,22 @@ class PPOConfig:
             raise ValueError(f"scale_reward must be 'running' or 'none', got {self.scale_reward!r}")
         if self.template not in TEMPLATES:
             raise ValueError(f"unknown template {self.template!r}; valid: {', '.join(sorted(TEMPLATES))}")
+        if self.num_layers_unfrozen < -1:
+            raise ValueError(f"num_layers_unfrozen must be >= -1 (-1: all), got {self.num_layers_unfrozen}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
 
+    @property
+    def updates_per_collection(self) -> int:
+        """Optimiser updates one collection of rollouts gives: minibatches x ppo_epochs (paper: 16 x 4)."""
+        return math.ceil(self.rollouts_per_step / self.minibatch_size) * self.ppo_epochs
 
-# ---- policy with a value head ---------------------------------------------------------------------
-class PolicyWithValueHead(nn.Module):
-    """A causal LM plus trlx's value head (hidden -> 2*hidden -> 1 MLP) on the last hidden state."""
-
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        self.lm = lm
-        h = lm.config.hidden_size
-        self.v_head = nn.Sequential(nn.Linear(h, 2 * h), nn.ReLU(), nn.Linear(2 * h, 1))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> "PolicyWithValueHead":
-        """Load the LM (e.g. the SFT model) and, if saved beside it, the value head."""
-        from transformers import AutoModelForCausalLM
-
-        model = cls(AutoModelForCausalLM.from_pretrained(path))
-        head = Path(path) / VALUE_HEAD_FILE
-        if head.is_file():
-            model.v_head.load_state_dict(torch.load(head, map_location="cpu", weights_only=True))
-        return model
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """The LM in Hugging Face format (loadable by AutoModelForCausalLM) plus value_head.pt."""
-        self.lm.save_pretrained(folder)
-        torch.save(self.v_head.state_dict(), Path(folder) / VALUE_HEAD_FILE)
-
-    def forward(self, input_ids, attention_mask):
-        """(logits (b, t, v), values (b, t)) for left-padded sequences."""
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      **_position_kwargs(self.lm, attention_mask))
-        return out.logits, self.v_head(out.hidden_states[-1]).squeeze(-1)
-
-
-def _position_kwargs(lm: nn.Module, attention_mask: torch.Tensor) -> dict:
-    """Position ids that skip left padding, for models with absolute positions (BLOOM's ALiBi needs none)."""
-    if getattr(lm.config, "model_type", "") == "bloom":
-        return {}
-    return {"position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0)}
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel (generation and saving go through it)."""
-    return model.module if hasattr(model, "module") else model
-
-
-# ---- KL control and reward scaling ----------------------------------------------------------------
-class AdaptiveKLController:
-    """Ziegler et al.: kl_coef *= 1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon."""
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: int):
-        self.value, self.target, self.horizon = init_kl_coef, target, horizon
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
-        self.value *= 1 + error * n_steps / self.horizon
-
-
-class FixedKLController:
-    def __init__(self, kl_coef: float):
-        self.value = kl_coef
-
-    def update(self, current_kl: float, n_steps: int) -> None:
-        pass
-
-
-class RunningMoments:
-    """Running mean and std of scores over every worker (Chan et al.'s parallel update, as trlx)."""
-
-    def __init__(self):
-        self.mean, self.var, self.std, self.count = 0.0, 1.0, 1.0, 1e-24
-
-    def update(self, xs: torch.Tensor) -> None:
-        stats = torch.tensor([xs.numel(), float(xs.sum()), float((xs ** 2).sum())], dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(stats)
-        n, total, sq = stats.tolist()
-        xs_mean = total / n
-        xs_var = max(sq / n - xs_mean ** 2, 0.0)
-        delta, tot = xs_mean - self.mean, self.count + n
-        m2 = self.var * self.count + xs_var * n + delta ** 2 * self.count * n / tot
-        self.mean += delta * n / tot
-        self.var, self.count = m2 / tot, tot
-        self.std = math.sqrt(self.var * tot / max(tot - 1, 1)) or 1.0
+    @property
+    def collections(self) -> int:
+        """Collections needed for ``total_steps`` updates (paper: 5000 / 64 -> 79)."""
+        return math.ceil(self.total_steps / self.updates_per_collection)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -200,16 +142,21 @@ def gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: 
     return whiten(advantages, mask).detach(), returns.detach()
 
 
+def sequence_logprobs(logits: torch.Tensor, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """log p of tokens start + 1 .. t - 1 (b, t - 1 - start): the logits at position i predict token i + 1."""
+    logp = torch.log_softmax(logits[:, start:-1].float(), dim=-1)
+    return logp.gather(-1, tokens[:, start + 1:].unsqueeze(-1)).squeeze(-1)
+
+
 def response_logprobs(logits: torch.Tensor, tokens: torch.Tensor, q: int) -> torch.Tensor:
-    """log p of each response token (b, r): the logits at position i predict token i + 1."""
-    logp = torch.log_softmax(logits[:, q - 1:-1].float(), dim=-1)
-    return logp.gather(-1, tokens[:, q:].unsqueeze(-1)).squeeze(-1)
+    """log p of each response token (b, r)."""
+    return sequence_logprobs(logits, tokens, q - 1)
 
 
 # ---- the trainer ----------------------------------------------------------------------------------
 @dataclass
 class Experience:
-    """One PPO step's rollouts, on the policy's device."""
+    """One collection of rollouts, on the policy's device."""
 
     tokens: torch.Tensor  # (b, t) query + response ids
     attention_mask: torch.Tensor  # (b, t) 1 on real tokens
@@ -217,6 +164,7 @@ class Experience:
     query_len: int  # q
     logprobs: torch.Tensor  # (b, r) log pi_old
     values: torch.Tensor  # (b, r) value estimates before each response token
+    rewards: torch.Tensor  # (b, r) -kl_coef * (log pi_old - log pi_ref), plus the scaled score at the end
     advantages: torch.Tensor  # (b, r)
     returns: torch.Tensor  # (b, r)
 
@@ -224,8 +172,10 @@ class Experience:
 class PPOTrainer:
     """PPO on ``policy`` (a PolicyWithValueHead, maybe DDP-wrapped) against the frozen ``ref_model``.
 
-    ``step(raws, references)`` makes ``len(raws)`` rollouts, scores them with ``reward_fn`` and runs the
-    PPO epochs; it returns a dict of statistics (score, KL, kl_coef, losses, response length).
+    ``step(raws, references)`` makes one collection of ``len(raws)`` rollouts, scores them with
+    ``reward_fn`` and runs the minibatch updates (stopping at ``total_steps`` updates); it returns a dict of
+    statistics. ``evaluate(raws, references)`` scores greedy rewrites. Freeze layers (``num_layers_unfrozen``)
+    before wrapping the policy in DDP; the trainer applies the same freeze to an unwrapped policy.
     """
 
     def __init__(self, policy: nn.Module, ref_model: nn.Module, tokenizer, reward_fn: RewardFn,
@@ -235,20 +185,31 @@ class PPOTrainer:
         self.ref_model.eval().requires_grad_(False)
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
-        self.optimizer = optimizer or torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+        if policy is unwrap(policy):
+            freeze_lower_layers(policy.lm, cfg.num_layers_unfrozen)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        self.optimizer = optimizer or torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                        weight_decay=cfg.weight_decay)
+        min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, cfg.total_steps, min_lr)
         self.kl_ctl = (AdaptiveKLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon)
                        if cfg.target_kl is not None else FixedKLController(cfg.init_kl_coef))
         self.moments = RunningMoments()
-        self.steps_done = 0
+        self.steps_done = 0  # collections
+        self.updates_done = 0  # optimiser updates (trlx's iter_count)
 
     @property
     def device(self) -> torch.device:
         return next(self.policy.parameters()).device
 
+    @property
+    def done(self) -> bool:
+        return self.updates_done >= self.cfg.total_steps
+
     # -- rollouts --
     @torch.no_grad()
-    def generate(self, raws: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Sample one completion per raw prompt: (tokens (b, t), attention mask (b, t), q)."""
+    def generate(self, raws: Sequence[str], greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One completion per raw prompt (sampled, or greedy): (tokens (b, t), attention mask (b, t), q)."""
         lm, pad, eos = unwrap(self.policy).lm, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
         queries = [context_ids(self.tokenizer, raw, self.cfg.template) for raw in raws]
         q = max(len(ids) for ids in queries)
@@ -256,13 +217,15 @@ class PPOTrainer:
         query_mask = torch.zeros_like(query)
         for i, ids in enumerate(queries):  # left padding
             query[i, q - len(ids):], query_mask[i, q - len(ids):] = torch.tensor(ids), 1
+        decoding = ({"do_sample": False} if greedy else
+                    {"do_sample": True, "top_k": self.cfg.top_k, "top_p": self.cfg.top_p,
+                     "temperature": self.cfg.temperature})
         chunks = []
         lm.eval()
         for start in range(0, len(queries), self.cfg.chunk_size):
             sl = slice(start, start + self.cfg.chunk_size)
             out = lm.generate(
-                input_ids=query[sl].to(self.device), attention_mask=query_mask[sl].to(self.device),
-                do_sample=True, top_k=self.cfg.top_k, top_p=self.cfg.top_p, temperature=self.cfg.temperature,
+                input_ids=query[sl].to(self.device), attention_mask=query_mask[sl].to(self.device), **decoding,
                 max_new_tokens=self.cfg.max_new_tokens, min_new_tokens=1, pad_token_id=pad, eos_token_id=eos,
             )
             chunks.append(out[:, q:].cpu())
@@ -281,47 +244,54 @@ class PPOTrainer:
             texts.append(self.tokenizer.decode(kept, skip_special_tokens=True).strip())
         return texts, ids
 
-    @torch.no_grad()
-    def make_experience(self, raws: Sequence[str], references: Sequence[str | None] | None = None):
-        """Rollouts, scores, per-token KL-penalised rewards and GAE for one step; returns (Experience, stats)."""
-        cfg = self.cfg
-        tokens, attn, q = self.generate(raws)
-        tokens, attn = tokens.to(self.device), attn.to(self.device)
-        mask = attn[:, q:].float()
-        responses, response_ids = self._decode(tokens[:, q:], mask)
+    def _score(self, raws, references, tokens, mask) -> tuple[torch.Tensor, list[str]]:
+        responses, response_ids = self._decode(tokens, mask)
         batch = RewardBatch(list(raws), responses, list(references or [None] * len(raws)), response_ids)
         scores = torch.as_tensor(self.reward_fn(batch), dtype=torch.float32).reshape(-1).cpu()
         if scores.numel() != len(raws):
             raise ValueError(f"reward function returned {scores.numel()} scores for {len(raws)} rollouts")
+        return scores, responses
+
+    @torch.no_grad()
+    def make_experience(self, raws: Sequence[str], references: Sequence[str | None] | None = None):
+        """Rollouts, scores, per-token KL-penalised rewards and GAE for one collection: (Experience, stats)."""
+        cfg = self.cfg
+        tokens, attn, q = self.generate(raws)
+        tokens, attn = tokens.to(self.device), attn.to(self.device)
+        mask = attn[:, q:].float()
+        scores, responses = self._score(raws, references, tokens[:, q:], mask)
         raw_score_mean = global_mean(float(scores.mean()))
-        self.moments.update(scores)
-        if cfg.scale_reward == "running":
-            scores = scores / self.moments.std
-        if cfg.cliprange_reward:
-            scores = scores.clamp(-cfg.cliprange_reward, cfg.cliprange_reward)
+        scores = clip_and_scale(scores, self.moments, cfg.cliprange_reward, cfg.scale_reward)
 
         self.policy.eval()
         logits, values = self.policy(tokens, attn)
-        logprobs = response_logprobs(logits, tokens, q)
+        all_logprobs = sequence_logprobs(logits, tokens)  # (b, t - 1): query and response tokens
         values = values[:, q - 1:-1]
         ref_logits = self.ref_model(input_ids=tokens, attention_mask=attn,
-                                    **_position_kwargs(self.ref_model, attn)).logits
-        ref_logprobs = response_logprobs(ref_logits, tokens, q)
+                                    **position_kwargs(self.ref_model, attn)).logits
+        all_ref_logprobs = sequence_logprobs(ref_logits, tokens)
+        kl = sequence_kl(all_logprobs, all_ref_logprobs, attn[:, :-1].float())  # trlx: mask of the predictor
 
+        logprobs, ref_logprobs = all_logprobs[:, q - 1:], all_ref_logprobs[:, q - 1:]
         log_ratio = (logprobs - ref_logprobs) * mask
-        # k3 estimate of KL(pi || ref) per rollout: r - 1 - log r with r = ref / pi (unbiased, >= 0). trlx 0.6
-        # uses r = pi / ref, which estimates KL plus a chi-square term and blows up as pi sharpens.
-        kl = float(((-log_ratio).exp() - 1 + log_ratio).mul(mask).sum(1).mean())
         rewards = -self.kl_ctl.value * log_ratio
         last = (mask.sum(1).long() - 1).clamp(min=0)
         rewards[torch.arange(len(raws)), last] += scores.to(self.device)
         advantages, returns = gae(values, rewards, mask, cfg.gamma, cfg.lam)
-        exp = Experience(tokens, attn, mask, q, logprobs * mask, values * mask, advantages, returns)
+        exp = Experience(tokens, attn, mask, q, logprobs * mask, values * mask, rewards * mask, advantages, returns)
         stats = {"score": raw_score_mean, "scaled_score": global_mean(float(scores.mean())),
                  "kl": global_mean(kl), "kl_coef": self.kl_ctl.value,
                  "response_tokens": global_mean(float(mask.sum(1).mean())),
                  "sample": responses[0] if responses else ""}
         return exp, stats
+
+    @torch.no_grad()
+    def evaluate(self, raws: Sequence[str], references: Sequence[str | None] | None = None) -> float:
+        """Mean reward (unscaled) of greedy rewrites of ``raws``, on this worker."""
+        tokens, attn, q = self.generate(raws, greedy=True)
+        scores, _ = self._score(raws, references, tokens[:, q:], attn[:, q:].float())
+        self.policy.train()
+        return float(scores.mean())
 
     # -- learning --
     def loss(self, exp: Experience, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -340,44 +310,63 @@ class PPOTrainer:
         with torch.no_grad():
             stats = {"pg_loss": float(pg_loss), "vf_loss": float(vf_loss),
                      "clipfrac": float(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), mask)),
-                     "approx_kl": float(masked_mean((ratio - 1) - log_ratio, mask))}
+                     "approx_kl": float(masked_mean((ratio - 1) - log_ratio, mask)),
+                     "ratio_dev": float(((ratio - 1).abs() * mask).max())}
         return pg_loss + cfg.vf_coef * vf_loss, stats
 
-    def learn(self, exp: Experience) -> dict[str, float]:
-        """``ppo_epochs`` shuffled passes over the rollouts in minibatches; mean statistics."""
+    def learn(self, exp: Experience, kl: float) -> dict[str, float]:
+        """trlx's loop over one collection: shuffled minibatches, ``ppo_epochs`` consecutive updates on each,
+        then a KL controller update with n_steps = the minibatch's rollouts. Stops at ``total_steps``.
+
+        Returns mean statistics plus ``first_ratio_dev``: max |ratio - 1| of the collection's first update,
+        which is 0 when the rollouts' log-probabilities match the policy that made them."""
         self.policy.train()
-        n, totals, count = exp.tokens.shape[0], {}, 0
-        for _ in range(self.cfg.ppo_epochs):
-            for idx in torch.randperm(n).split(self.cfg.minibatch_size):
+        n, totals, count, first = exp.tokens.shape[0], {}, 0, None
+        for idx in torch.randperm(n).split(self.cfg.minibatch_size):
+            idx = idx.to(self.device)
+            for _ in range(self.cfg.ppo_epochs):
+                if self.done:
+                    break
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, stats = self.loss(exp, idx.to(self.device))
+                loss, stats = self.loss(exp, idx)
                 loss.backward()
                 if self.cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.max_grad_norm)
                 self.optimizer.step()
+                self.scheduler.step()
+                self.updates_done += 1
+                first = stats["ratio_dev"] if first is None else first
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
-        return {k: v / count for k, v in totals.items()}
+            if self.done:
+                break
+            self.kl_ctl.update(kl, len(idx))
+        out = {k: v / max(count, 1) for k, v in totals.items()}
+        out["first_ratio_dev"] = first if first is not None else 0.0
+        return out
 
     def step(self, raws: Sequence[str], references: Sequence[str | None] | None = None) -> dict:
-        """One PPO step: rollouts, PPO epochs, then the KL controller update (with the pre-update KL)."""
+        """One collection: rollouts, then the minibatch updates and KL controller updates."""
         exp, stats = self.make_experience(raws, references)
-        stats.update(self.learn(exp))
-        n_rollouts = len(raws) * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
-        self.kl_ctl.update(stats["kl"], n_rollouts)
+        stats.update(self.learn(exp, stats["kl"]))
         self.steps_done += 1
+        stats.update(updates=self.updates_done, lr=self.optimizer.param_groups[0]["lr"])
         return stats
 
     # -- checkpointing --
     def state_dict(self) -> dict:
-        """Everything but the policy weights: optimizer, kl_coef, reward moments, steps done."""
+        """Everything but the policy weights: optimiser, schedule, kl_coef, reward moments, progress."""
         m = self.moments
-        return {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value, "steps_done": self.steps_done,
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "kl_coef": self.kl_ctl.value, "steps_done": self.steps_done, "updates_done": self.updates_done,
                 "moments": {"mean": m.mean, "var": m.var, "std": m.std, "count": m.count}}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.value, self.steps_done = state["kl_coef"], state["steps_done"]
+        self.updates_done = state.get("updates_done", 0)
         for k, v in state["moments"].items():
             setattr(self.moments, k, v)

@@ -1,7 +1,8 @@
 """Regression reward models of BeautifulPrompt and the combined PPO reward.
 
 Two causal-LM backbones with a bias-free linear head on the last token (AutoModelForSequenceClassification,
-``num_labels=1``), trained with MSE:
+``num_labels=1``), trained with MSE. As in the authors' code every input ends with the EOS token (the
+head reads that position) and inputs longer than ``max_length`` are cut from the left:
 
 - r_aes(prompt)       regresses ``aesthetic_score``; input: the prompt.
 - r_ps(raw, prompt)   regresses ``pick_score``; input: ``Input: {raw}\\nOutput: {prompt}``.
@@ -49,13 +50,22 @@ def reward_text(kind: str, raw: str, prompt: str) -> str:
     raise ValueError(f"unknown reward model kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
+def encode_reward_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids as the authors' reward models read them: EOS appended, then cut from the LEFT to
+    ``max_length``, so the scored last token is always EOS and a long input keeps its end."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token (the reward models score the EOS position)")
+    ids = tokenizer(list(texts))["input_ids"]
+    return [(i + [tokenizer.eos_token_id])[-max_length:] for i in ids]
+
+
 @dataclass
 class RewardConfig:
     kind: str = "ps"  # "aes" (input prompt, target aesthetic_score) or "ps" (input raw + prompt, pick_score)
     lr: float = 2e-5  # AdamW learning rate (2e-5 for 1b1 backbones; ~1e-3 for tiny test models)
     epochs: int = 1  # passes over the rows
     batch_size: int = 16  # rows per worker per step
-    max_length: int = 384  # tokens per input; longer inputs are cut from the right
+    max_length: int = 384  # tokens per input, EOS included; longer inputs are cut from the left
     warmup_ratio: float = 0.03  # linear warmup share before the cosine decay
     weight_decay: float = 0.0  # AdamW weight decay on matrices
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
@@ -106,7 +116,7 @@ class RegressionDataset(torch.utils.data.Dataset):
         if not len(raws) == len(prompts) == len(scores):
             raise ValueError(f"lengths differ: {len(raws)} raw, {len(prompts)} prompts, {len(scores)} scores")
         texts = [reward_text(kind, r, p) for r, p in zip(raws, prompts)]
-        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        ids = encode_reward_texts(tokenizer, texts, max_length)
         self.examples = [{"input_ids": i, "labels": (float(s) - mean) / std} for i, s in zip(ids, scores)]
 
     def __len__(self) -> int:
@@ -166,10 +176,8 @@ class RewardModel:
         device = next(self.model.parameters()).device
         out = []
         for start in range(0, len(texts), self.batch_size):
-            ids = self.tokenizer(texts[start:start + self.batch_size], truncation=True,
-                                 max_length=self.max_length)["input_ids"]
-            fallback = [self.tokenizer.eos_token_id or self.tokenizer.pad_token_id]  # an empty generation
-            batch = self.collate([{"input_ids": i or fallback} for i in ids])
+            ids = encode_reward_texts(self.tokenizer, texts[start:start + self.batch_size], self.max_length)
+            batch = self.collate([{"input_ids": i} for i in ids])
             logits = self.model(input_ids=batch["input_ids"].to(device),
                                 attention_mask=batch["attention_mask"].to(device)).logits
             out.append(logits.squeeze(-1).float().cpu())

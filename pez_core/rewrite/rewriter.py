@@ -115,6 +115,18 @@ def resolve_dtype(dtype, device: torch.device):
         raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(sorted(_DTYPES))}") from None
 
 
+def training_output_model(name: str) -> str:
+    """The model folder inside a ``promptmine train`` output folder: ``best/`` (PPO's highest held-out
+    reward) if present, else ``model/`` (the final one); any other name or folder is returned as it is."""
+    local = Path(name).expanduser()
+    if local.is_dir() and not (local / "config.json").is_file():
+        for sub in ("best", "model"):
+            if (local / sub / "config.json").is_file():
+                log.info("%s is a training output: loading its %s/ model", name, sub)
+                return str(local / sub)
+    return name
+
+
 class Rewriter:
     """A causal LM + tokenizer + instruction template; ``rewrite`` maps raw prompts to rewritten ones."""
 
@@ -133,13 +145,14 @@ class Rewriter:
     @classmethod
     def from_pretrained(cls, name_or_path: str = DEFAULT_MODEL_ID, template: str = DEFAULT_TEMPLATE,
                         device=None, dtype=None, **kwargs) -> "Rewriter":
-        """Load a causal LM and its tokenizer by Hugging Face id or local folder."""
+        """Load a causal LM and its tokenizer by Hugging Face id, local folder, or the output folder of
+        ``promptmine train`` (its ``best/`` model when there is one, else ``model/``)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         get_template(template)
         device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, device)
-        name = str(name_or_path)
+        name = training_output_model(str(name_or_path))
         local = Path(name).expanduser()
         if (name.startswith((".", "/", "~")) or local.exists()) and not (local / "config.json").is_file():
             raise FileNotFoundError(f"model folder {name!r}: no config.json there (not a saved causal LM)")

@@ -14,6 +14,7 @@ Shapes: b examples, t tokens (right-padded).
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -37,6 +38,9 @@ class SFTConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     template: str = DEFAULT_TEMPLATE  # instruction template: "v1" (paper) or "v2"
     min_pick_score: float | None = None  # drop pairs with pick_score below this (paper's loader: 18.5)
+    min_prompt_tokens: int = 0  # drop pairs whose target prompt has fewer tokens (paper's code: 25; 0: off)
+    short_prompt_tokens: int = 0  # target prompts under this many tokens are "short" (paper's code: 35)
+    short_drop: float = 0.0  # share of short pairs dropped at random (paper's code: 0.3)
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -49,6 +53,28 @@ class SFTConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.template not in TEMPLATES:
             raise ValueError(f"unknown template {self.template!r}; valid: {', '.join(sorted(TEMPLATES))}")
+        if self.min_prompt_tokens < 0 or self.short_prompt_tokens < 0 or not 0 <= self.short_drop <= 1:
+            raise ValueError(f"need min_prompt_tokens, short_prompt_tokens >= 0 and short_drop in [0, 1]; got "
+                             f"{self.min_prompt_tokens}, {self.short_prompt_tokens}, {self.short_drop}")
+
+
+def length_filter(tokenizer, prompts: Sequence[str], cfg: SFTConfig, seed: int = 0) -> list[int]:
+    """Indices of the pairs the paper's SFT length filter keeps, judged on the target prompt's tokens.
+
+    Pairs under ``min_prompt_tokens`` are dropped; of those under ``short_prompt_tokens``, a random
+    ``short_drop`` share is dropped too (the same rows for the same seed). Off with the defaults.
+    """
+    if not cfg.min_prompt_tokens and not (cfg.short_prompt_tokens and cfg.short_drop):
+        return list(range(len(prompts)))
+    rng = random.Random(seed)
+    keep = []
+    for i, prompt in enumerate(prompts):
+        n = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        short = n < cfg.short_prompt_tokens and rng.random() < cfg.short_drop
+        if n >= cfg.min_prompt_tokens and not short:
+            keep.append(i)
+    log.info("length filter kept %d of %d pairs", len(keep), len(prompts))
+    return keep
 
 
 def context_ids(tokenizer, raw: str, template: str = DEFAULT_TEMPLATE) -> list[int]:

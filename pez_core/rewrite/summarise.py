@@ -9,6 +9,9 @@ an empty string means "no summary", and the pair is dropped). Two are built in:
 - ``LLMSummariser``: any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server, Ollama, ...):
   ``POST {base_url}/chat/completions``. The paper used ChatGPT this way. The API key is read from an
   environment variable and is never logged, printed or stored in reprs.
+
+The paper's third pair source goes the other way: ``LLMExpander`` (the same client with another
+instruction) expands a low-quality prompt into a detailed high-quality one (``expand(prompts)``).
 """
 
 from __future__ import annotations
@@ -69,6 +72,13 @@ SUMMARY_INSTRUCTION = (
     "You shorten prompts for text-to-image models. Rewrite the user's prompt as the short, plain "
     "description of its subject a casual user would type: at most {max_words} words, no style words, "
     "no artists, no quality tags, no weights or brackets. Answer with the description only."
+)
+
+
+EXPANSION_INSTRUCTION = (
+    "You write prompts for text-to-image models. Expand the user's short prompt into one detailed, "
+    "high-quality Stable Diffusion prompt: keep its subject, add the setting, lighting, style, medium and "
+    "quality tags, as comma-separated phrases, in English, under 60 words. Answer with the prompt only."
 )
 
 
@@ -200,3 +210,24 @@ def make_summariser(kind: str, **llm_kwargs) -> Summariser:
     if kind == "llm":
         return LLMSummariser(LLMConfig(**llm_kwargs))
     raise ValueError(f"unknown summariser {kind!r}; valid: rule, llm")
+
+
+class LLMExpander(LLMSummariser):
+    """Expansions from an OpenAI-compatible endpoint: low-quality prompt -> high-quality prompt.
+
+    The client, retries, concurrency and error policy are the summariser's; only the instruction and
+    the answer budget differ (``expander_config``)."""
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"LLMExpander(base_url={self.config.base_url!r}, model={self.config.model!r})"
+
+    def expand(self, prompts: list[str]) -> list[str]:
+        """One expansion per prompt, in order ("" for a prompt that failed with on_error="skip")."""
+        return self.summarise(prompts)
+
+
+def expander_config(**llm_kwargs) -> LLMConfig:
+    """An LLMConfig for expansions: the expansion instruction and a 256-token answer unless given."""
+    llm_kwargs.setdefault("instruction", EXPANSION_INSTRUCTION)
+    llm_kwargs.setdefault("max_tokens", 256)
+    return LLMConfig(**llm_kwargs)

@@ -22,7 +22,8 @@ def _register_pairs(subparsers) -> None:
     p = subparsers.add_parser(
         "pairs", help="make (raw_prompt, prompt) training pairs from a prompt table",
         description="Split prompts into low / high quality, pair each high-quality prompt with a short "
-                    "summary (rule-based or an OpenAI-compatible LLM) and/or a caption of its image, clean "
+                    "summary (rule-based or an OpenAI-compatible LLM) and/or a caption of its image, and/or "
+                    "pair each low-quality prompt with an LLM's expansion of it (--expander llm), clean "
                     "the pairs and write them as Parquet (raw_prompt, prompt, source, score columns).")
     p.add_argument("--input", required=True, type=Path,
                    help="Parquet / CSV / JSONL file, or a folder of them (e.g. DiffusionDB metadata.parquet)")
@@ -46,6 +47,11 @@ def _register_pairs(subparsers) -> None:
     g.add_argument("--llm-concurrency", type=int, default=4, help="requests in flight")
     g.add_argument("--llm-skip-errors", action="store_true",
                    help="drop a prompt whose request fails after retries instead of stopping")
+    g = p.add_argument_group("expansions (the paper's third source; uses the --llm-* endpoint settings)")
+    g.add_argument("--expander", choices=("none", "llm"), default="none",
+                   help="llm: expand each distinct low-quality prompt into a high-quality one with the "
+                        "OpenAI-compatible endpoint (source=expansion); none: no expansion pairs (default)")
+    g.add_argument("--expand-max-tokens", type=int, default=256, help="answer budget per expansion (256)")
     g = p.add_argument_group("captions")
     g.add_argument("--captioner", choices=("none", "blip"), default="none",
                    help="blip: caption each high-quality prompt's image with BLIP (transformers)")
@@ -83,6 +89,7 @@ def _pair_config(args):
     blocklist = load_word_list(args.blocklist) if args.blocklist else frozenset()
     return PairConfig(
         prompt_column=args.prompt_column, summarise=args.summariser != "none", caption=args.captioner != "none",
+        expand=args.expander != "none",
         image_column=args.image_column, image_root=args.image_root, max_nsfw_score=args.max_nsfw_score,
         limit=args.limit, batch_size=args.batch_size,
         quality=QualityConfig(low_max_chars=args.low_max_chars, high_min_chars=args.high_min_chars,
@@ -101,10 +108,21 @@ def _summariser(args):
     if args.summariser == "rule":
         return RuleSummariser(max_words=args.max_words)
     if args.summariser == "llm":
-        return LLMSummariser(LLMConfig(
-            base_url=args.llm_url or "", model=args.llm_model, api_key_env=args.llm_api_key_env,
-            timeout_s=args.llm_timeout, retries=args.llm_retries, concurrency=args.llm_concurrency,
-            max_words=args.max_words, on_error="skip" if args.llm_skip_errors else "raise"))
+        return LLMSummariser(LLMConfig(max_words=args.max_words, **_llm_kwargs(args)))
+    return None
+
+
+def _llm_kwargs(args) -> dict:
+    return dict(base_url=args.llm_url or "", model=args.llm_model, api_key_env=args.llm_api_key_env,
+                timeout_s=args.llm_timeout, retries=args.llm_retries, concurrency=args.llm_concurrency,
+                on_error="skip" if args.llm_skip_errors else "raise")
+
+
+def _expander(args):
+    from pez_core.rewrite.summarise import LLMExpander, expander_config
+
+    if args.expander == "llm":
+        return LLMExpander(expander_config(max_tokens=args.expand_max_tokens, **_llm_kwargs(args)))
     return None
 
 
@@ -122,6 +140,7 @@ def run_pairs(args) -> int:
         cfg = _pair_config(args)
         table = read_prompt_table(args.input)
         summariser = _summariser(args)
+        expander = _expander(args)
         captioner = None
         if args.captioner == "blip":
             blip = BlipConfig(device=args.device, batch_size=min(args.batch_size, 64))
@@ -132,14 +151,15 @@ def run_pairs(args) -> int:
         raise CLIError(str(e)) from e
     bar = tqdm(total=0, unit="prompt", desc="pairs", disable=args.json or not sys.stderr.isatty())
     try:
-        result = build_pairs(table, cfg, summariser=summariser, captioner=captioner,
+        result = build_pairs(table, cfg, summariser=summariser, captioner=captioner, expander=expander,
                              on_progress=lambda stage, n: bar.update(n))
     except (ValueError, SummariserError) as e:
         raise CLIError(str(e)) from e
     finally:
         bar.close()
-        if hasattr(summariser, "close"):
-            summariser.close()
+        for client in (summariser, expander):
+            if hasattr(client, "close"):
+                client.close()
     write_pairs(result.pairs, args.output)
     if args.rejects:
         write_pairs(result.rejects, args.rejects)

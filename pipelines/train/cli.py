@@ -12,6 +12,8 @@ a crashed worker restarts the group from it (``--max-failures``). At the end the
 
     OUTPUT/model/          save_pretrained: AutoModelForCausalLM / AutoModelForSequenceClassification load it
                            (PPO adds value_head.pt)
+    OUTPUT/best/           PPO: the policy with the best held-out reward (best.json says when); `promptmine serve
+                           --rewrite-model OUTPUT` and Rewriter.from_pretrained(OUTPUT) load it
     OUTPUT/metrics.csv     one row per step (loss, lr, ... ; PPO: score, kl, kl_coef, pg_loss, vf_loss, ...)
     OUTPUT/metrics.jsonl   the same rows as JSON lines
     OUTPUT/summary.json    stage, steps, workers, the steps each attempt started from, final metrics
@@ -42,6 +44,12 @@ def register(subparsers) -> None:
     sft.add_argument("--template", default="v1", help="instruction template: v1 (paper) or v2")
     sft.add_argument("--min-pick-score", type=float, help="drop pairs below this pick_score (paper: 18.5)")
     sft.add_argument("--eval-fraction", type=float, default=0.0, help="rows held out for a final eval_loss")
+    sft.add_argument("--min-prompt-tokens", type=int, default=0,
+                     help="drop pairs whose target prompt has fewer tokens (paper's code: 25; default 0: off)")
+    sft.add_argument("--short-prompt-tokens", type=int, default=0,
+                     help="pairs whose target prompt has fewer tokens than this are 'short' (paper's code: 35)")
+    sft.add_argument("--short-drop", type=float, default=0.0,
+                     help="share of short pairs dropped at random (paper's code: 0.3; default 0)")
     reward.add_argument("--kind", required=True, choices=("aes", "ps"),
                         help="aes: input prompt, target aesthetic_score; ps: input raw + prompt, target pick_score")
     reward.add_argument("--eval-fraction", type=float, default=0.05,
@@ -55,8 +63,16 @@ def register(subparsers) -> None:
                      help="do not subtract the reward of the dataset's high-quality prompt")
     ppo.add_argument("--rollouts-per-step", type=int, default=64, help="rollouts per step per worker (64)")
     ppo.add_argument("--chunk-size", type=int, default=16, help="prompts per generate call (16)")
-    ppo.add_argument("--minibatch-size", type=int, default=16, help="rollouts per gradient step (16)")
-    ppo.add_argument("--ppo-epochs", type=int, default=4, help="passes over each step's rollouts (4)")
+    ppo.add_argument("--minibatch-size", type=int, default=4, help="rollouts per optimiser update per worker (4)")
+    ppo.add_argument("--ppo-epochs", type=int, default=4, help="consecutive updates on each minibatch (4)")
+    ppo.add_argument("--num-layers-unfrozen", type=int, default=8,
+                     help="top transformer blocks trained; embeddings and lower blocks frozen; -1: all (8)")
+    ppo.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay (1e-6)")
+    ppo.add_argument("--min-lr", type=float, help="cosine annealing floor over the run (default lr / 10)")
+    ppo.add_argument("--eval-interval", type=int, default=200,
+                     help="optimiser updates between held-out evaluations; the best model is kept in "
+                          "OUTPUT/best (200; 0: off)")
+    ppo.add_argument("--eval-prompts", type=int, default=64, help="held-out raw prompts per evaluation (64)")
     ppo.add_argument("--init-kl-coef", type=float, default=0.05, help="initial KL coefficient (0.05)")
     ppo.add_argument("--target-kl", type=float, default=6.0, help="adaptive KL target; 0 keeps it fixed (6)")
     ppo.add_argument("--kl-horizon", type=int, default=10000, help="adaptive KL horizon in rollouts (10000)")
@@ -76,7 +92,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="passes over the data (sft 4, reward 1)")
     p.add_argument("--lr", type=float, help="learning rate (sft/reward 2e-5, ppo 5e-6)")
     p.add_argument("--batch-size", type=int, help="examples per worker per step (16)")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (ppo default: 5000)")
+    p.add_argument("--max-steps", type=int, help="stop after this many optimiser updates (ppo: trlx's total_steps, "
+                                                 "default 5000)")
     p.add_argument("--max-length", type=int, default=384, help="tokens per example (384)")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of warmup steps (0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and new heads")
@@ -107,7 +124,9 @@ def build_job(args):
              if v is not None}
     common = dict(max_length=args.max_length, warmup_ratio=args.warmup_ratio)
     if args.stage == "sft":
-        algo = SFTConfig(template=args.template, min_pick_score=args.min_pick_score, **common, **given)
+        algo = SFTConfig(template=args.template, min_pick_score=args.min_pick_score,
+                         min_prompt_tokens=args.min_prompt_tokens, short_prompt_tokens=args.short_prompt_tokens,
+                         short_drop=args.short_drop, **common, **given)
     elif args.stage == "reward":
         algo = RewardConfig(kind=args.kind, **common, **given)
     else:
@@ -115,8 +134,12 @@ def build_job(args):
             template=args.template, rollouts_per_step=args.rollouts_per_step, chunk_size=args.chunk_size,
             minibatch_size=args.minibatch_size, ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef,
             target_kl=args.target_kl or None, kl_horizon=args.kl_horizon, max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature, **({"lr": args.lr} if args.lr is not None else {}),
+            temperature=args.temperature, num_layers_unfrozen=args.num_layers_unfrozen,
+            weight_decay=args.weight_decay, min_lr=args.min_lr, **({"lr": args.lr} if args.lr is not None else {}),
         )
+        if args.eval_interval < 0 or args.eval_prompts < 1:
+            raise ValueError(f"need --eval-interval >= 0 and --eval-prompts >= 1, got {args.eval_interval}, "
+                             f"{args.eval_prompts}")
         if args.batch_size is not None or args.epochs is not None:
             raise ValueError("ppo: use --rollouts-per-step / --minibatch-size / --max-steps, not --batch-size/--epochs")
         if not args.reward_ps and not args.reward_aes:
@@ -149,7 +172,8 @@ def build_job(args):
         ref_model=getattr(args, "ref_model", None),
         reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
         alpha=getattr(args, "alpha", 0.7), relative_reward=not getattr(args, "absolute_reward", False),
-        threads=max(1, int(args.cpus_per_worker)), inject_failure=inject,
+        threads=max(1, int(args.cpus_per_worker)), inject_failure=inject, output=args.output,
+        eval_interval=getattr(args, "eval_interval", 0), eval_prompts=getattr(args, "eval_prompts", 64),
     )
 
 
@@ -237,7 +261,9 @@ def publish(checkpoint, out, job, workers: int, name: str) -> dict:
     out.child("metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out.child("metrics.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
     last = rows[-1] if rows else {}
-    return {
+    best = out.child("best")
+    has_best = job.stage == "ppo" and best.child("best.json").exists()
+    return {"best": best.uri if has_best else None,
         "stage": job.stage, "steps": progress["step"], "workers": workers, "world_size": progress["world_size"],
         "attempt_start_steps": progress["starts"], "model": out.child("model").uri,
         "metrics": out.child("metrics.csv").uri, "checkpoints": f"{out.child('checkpoints').uri}/{name}",
@@ -265,5 +291,7 @@ def cmd_train(args) -> int:
           f"in {summary['seconds']} s (attempts started at steps {summary['attempt_start_steps']})")
     print(f"  final: {final}")
     print(f"  model:   {summary['model']}\n  metrics: {summary['metrics']}\n  checkpoints: {summary['checkpoints']}")
+    if summary.get("best"):
+        print(f"  best:    {summary['best']} (highest held-out reward; what --rewrite-model OUTPUT serves)")
     sys.stdout.flush()
     return 0

@@ -50,6 +50,9 @@ class TrainJob:
     alpha: float = 0.7  # ppo: weight of r_ps in the reward
     relative_reward: bool = True  # ppo: reward minus the reward of the dataset's high-quality prompt
     threads: int = 1  # torch threads per worker
+    output: str | None = None  # ppo: the run's output folder (OUTPUT/best is written there during training)
+    eval_interval: int = 0  # ppo: optimiser updates between held-out evaluations (0: none)
+    eval_prompts: int = 64  # ppo: held-out raw prompts scored by greedy rewrites at each evaluation
     inject_failure: tuple[int, str] | None = field(default=None, repr=False)  # (step, marker file): tests only
 
 
@@ -218,7 +221,7 @@ def _fit_supervised(run: Run, model, tokenizer, dataset, collate, loss_fn, cfg, 
 def sft_loop(config: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pez_core.rewrite.sft import PadCollator, PairDataset, evaluate_loss, sft_loss
+    from pez_core.rewrite.sft import PadCollator, PairDataset, evaluate_loss, length_filter, sft_loss
     from pez_core.rewrite.tokenizer import ensure_pad_token
 
     job: TrainJob = config["job"]
@@ -232,6 +235,8 @@ def sft_loop(config: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(source)
     ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(source).to(run.device)
+    keep = length_filter(tokenizer, list(train_df["prompt"]), cfg, job.seed)
+    train_df = train_df.iloc[keep]
     dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template,
                           cfg.max_length)
     collate = PadCollator(tokenizer.pad_token_id)
@@ -294,27 +299,37 @@ def reward_loop(config: dict) -> None:
 
 # ---- PPO ------------------------------------------------------------------------------------------
 def ppo_loop(config: dict) -> None:
+    import dataclasses
     import random
 
     import ray.train.torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pez_core.rewrite.optim import global_mean
-    from pez_core.rewrite.ppo import PolicyWithValueHead, PPOTrainer
+    from pez_core.rewrite.ppo import PolicyWithValueHead, PPOTrainer, freeze_lower_layers
     from pez_core.rewrite.reward_model import CombinedReward, RewardModel
     from pez_core.rewrite.tokenizer import ensure_pad_token
 
+    from pipelines.train.best import read_best, save_best
+
     job: TrainJob = config["job"]
     cfg = job.algo
+    cfg = dataclasses.replace(cfg, total_steps=min(cfg.total_steps, job.max_steps or cfg.total_steps))
     run = Run(job)
     df = read_frame(job.data_uri, job.options, columns=["raw_prompt", "prompt"])
-    rows = list(zip(df["raw_prompt"], df["prompt"]))[run.rank::run.world]  # this worker's prompts
+    n_eval = min(job.eval_prompts, len(df) // 2) if job.eval_interval else 0
+    shuffled = df.sample(frac=1.0, random_state=job.seed)  # the same held-out raw prompts on every worker
+    train_df, eval_df = (shuffled.iloc[n_eval:], shuffled.iloc[:n_eval]) if n_eval else (df, df.iloc[:0])
+    rows = list(zip(train_df["raw_prompt"], train_df["prompt"]))[run.rank::run.world]  # this worker's prompts
+    eval_rows = list(zip(eval_df["raw_prompt"], eval_df["prompt"]))
+    eval_rows = eval_rows[run.rank::run.world] or eval_rows
     if not rows:
         raise ValueError(f"{job.data_uri}: no prompts for worker {run.rank} of {run.world}")
     source = run.model_source(job.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     ensure_pad_token(tokenizer)
     policy = PolicyWithValueHead.from_pretrained(source).to(run.device)
+    freeze_lower_layers(policy.lm, cfg.num_layers_unfrozen)  # before DDP, which only syncs trainable tensors
     ref = AutoModelForCausalLM.from_pretrained(_local_folder(job.ref_model or job.model, job.options)).to(run.device)
     r_ps = RewardModel.from_pretrained(_local_folder(job.reward_ps, job.options), "ps", str(run.device)) \
         if job.reward_ps else None
@@ -325,7 +340,8 @@ def ppo_loop(config: dict) -> None:
     trainer = PPOTrainer(policy, ref, tokenizer, reward_fn, cfg)
     if run.state is not None:
         trainer.load_state_dict(run.state)
-    total = min(cfg.total_steps, job.max_steps or cfg.total_steps)
+    total = cfg.collections  # collections of rollouts; cfg.total_steps counts optimiser updates
+    best = read_best(job.output, job.options) if run.rank == 0 and job.output else None
     orders: dict[int, list[int]] = {}
 
     def take(step: int) -> list[tuple[str, str]]:
@@ -339,14 +355,20 @@ def ppo_loop(config: dict) -> None:
             out.append(rows[orders[epoch][i]])
         return out
 
-    while run.step < total:
+    while run.step < total and not trainer.done:
         run.maybe_fail()
         batch = take(run.step)
+        before = trainer.updates_done
         stats = trainer.step([r for r, _ in batch], [p for _, p in batch])
         run.step += 1
         sample = stats.pop("sample")
-        for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl"):  # the rest are already means over workers
-            stats[k] = global_mean(stats[k])
+        for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "ratio_dev", "first_ratio_dev"):
+            stats[k] = global_mean(stats[k])  # the rest are already means over workers
+        if eval_rows and (before // job.eval_interval < trainer.updates_done // job.eval_interval or trainer.done):
+            stats["eval_reward"] = global_mean(trainer.evaluate([r for r, _ in eval_rows], [p for _, p in eval_rows]))
+            if run.rank == 0 and (best is None or stats["eval_reward"] > best):
+                best = stats["eval_reward"]
+                save_best(job.output, job.options, policy, tokenizer, best, run.step, trainer.updates_done)
         metrics = {k: round(v, 6) for k, v in stats.items()}
         if run.rank == 0:
             metrics["sample"] = sample
