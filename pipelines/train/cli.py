@@ -86,9 +86,6 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="output folder (local or s3://): model/, metrics, checkpoints/")
     p.add_argument("--model", required=True, help="base model: Hugging Face id, local folder or s3:// folder "
                                                   "(ppo: the SFT model)")
-    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
-    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (0: CPU with gloo)")
-    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (torch threads follow it)")
     p.add_argument("--epochs", type=int, help="passes over the data (sft 4, reward 1)")
     p.add_argument("--lr", type=float, help="learning rate (sft/reward 2e-5, ppo 5e-6)")
     p.add_argument("--batch-size", type=int, help="examples per worker per step (16)")
@@ -97,17 +94,25 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=384, help="tokens per example (384)")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of warmup steps (0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and new heads")
+    add_ray_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+
+def add_ray_train_args(p: argparse.ArgumentParser, run_name_default: str = "the stage, or reward-KIND") -> None:
+    """The Ray Train flags every training command shares: workers, checkpoints, resume, cluster, storage."""
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP ranks)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker (0: CPU with gloo)")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per worker (torch threads follow it)")
     p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (and at the end)")
     p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept in storage (2)")
     p.add_argument("--max-failures", type=int, default=1, help="worker-group restarts from the last checkpoint (1)")
     p.add_argument("--run-name", help="checkpoint folder under OUTPUT/checkpoints; a rerun with the same name "
-                                      "resumes (default: the stage, or reward-KIND)")
+                                      "resumes (default: " + run_name_default + ")")
     p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster to join (e.g. auto); default: a local Ray")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
     p.add_argument("--credentials", choices=("forward", "worker"), default="forward",
                    help="forward: workers use the driver's AWS credentials; worker: each node's own chain")
     p.add_argument("--inject-failure", metavar="STEP:MARKER", help=argparse.SUPPRESS)  # resume tests only
-    p.set_defaults(func=cmd_train)
 
 
 # ---- building the job -----------------------------------------------------------------------------
@@ -210,37 +215,16 @@ def run_training(job, output: str, workers: int, gpus_per_worker: float = 0, cpu
                  run_name: str | None = None, keep_checkpoints: int = 2, max_failures: int = 1,
                  address: str | None = None) -> dict:
     """Run the stage on Ray Train and publish model, metrics and summary to ``output``; returns the summary."""
-    import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipelines.train.loops import LOOPS
+    from pipelines.train.trainer import fit
 
     rows = check_data(job)
     out = job.options.resolve(output)
-    checkpoints = out.child("checkpoints")
     name = run_name or (f"reward-{job.algo.kind}" if job.stage == "reward" else job.stage)
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        ray.init(address=address, include_dashboard=False if address is None else None, configure_logging=False)
-    resources = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
-    trainer = TorchTrainer(
-        LOOPS[job.stage],
-        train_loop_config={"job": job},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=checkpoints.path,
-            storage_filesystem=checkpoints.fs if checkpoints.scheme == "s3" else None,
-            checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
-            failure_config=FailureConfig(max_failures=max_failures),
-        ),
-    )
     t0 = time.monotonic()
-    log.info("train %s: %d rows, %d workers, checkpoints in %s/%s", job.stage, rows, workers, checkpoints.uri, name)
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"train {job.stage}: the run ended without a checkpoint")
+    log.info("train %s: %d rows", job.stage, rows)
+    result = fit(LOOPS[job.stage], {"job": job}, out, name, workers, gpus_per_worker, cpus_per_worker,
+                 keep_checkpoints, max_failures, address)
     summary = publish(result.checkpoint, out, job, workers, name)
     summary["seconds"] = round(time.monotonic() - t0, 1)
     out.child("summary.json").write_text(json.dumps(summary, indent=2))
