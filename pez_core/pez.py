@@ -192,14 +192,15 @@ def invert(
         rows = active[better]
         best_cos[rows], best_ids[rows], best_step[rows] = sim[better], ids[better], step
 
-        done = torch.zeros_like(better)
-        if cfg.target_cosine is not None:
-            done |= best_cos[active] >= cfg.target_cosine
-        if cfg.patience is not None:
-            done |= (step - best_step[active]) >= cfg.patience
-        if done.any():
-            steps_run[active[done].cpu()] = step + 1
-            active = active[~done]
+        if cfg.target_cosine is not None or cfg.patience is not None:  # else no host sync in the loop
+            done = torch.zeros_like(better)
+            if cfg.target_cosine is not None:
+                done |= best_cos[active] >= cfg.target_cosine
+            if cfg.patience is not None:
+                done |= (step - best_step[active]) >= cfg.patience
+            if done.any():
+                steps_run[active[done].cpu()] = step + 1
+                active = active[~done]
         if on_step is not None:
             on_step(step, int(active.numel()))
         if active.numel() == 0:
