@@ -13,7 +13,8 @@ import torch
 
 
 def main(argv=None) -> int:
-    from pez_core.world.train_clip import WorldTrainConfig, as_clip, save_world_clip, train
+    from pez_core.world.train_clip import (TrainState, WorldTrainConfig, as_clip, build_model, build_optimiser,
+                                           save_world_clip, train_steps)
     from pez_core.world.zeroshot import zero_shot
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="init and data seed")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--eval-n", type=int, default=200, help="held-out scenes per attribute")
+    p.add_argument("--save-every", type=int, default=250, help="save the model to --out every N steps")
     p.add_argument("--out", default=None, help="folder to save the model to (fp16, load_clip-compatible)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -40,11 +42,18 @@ def main(argv=None) -> int:
     cfg = WorldTrainConfig(model=model_name, steps=a.steps, batch=a.batch, lr=a.lr, aux_weight=a.aux_weight,
                            aux_until=a.aux_until, filler=a.filler, seed=a.seed, threads=a.threads)
     t0 = time.time()
-    model, state = train(cfg)
+    model = build_model(cfg)
+    opt, state = build_optimiser(model, cfg), TrainState()
+    for start in range(0, cfg.steps, a.save_every):
+        train_steps(model, opt, state, cfg, start, min(cfg.steps, start + a.save_every))
+        if a.out:
+            save_world_clip(model, a.out, cfg, state, extra={"partial": state.step < cfg.steps,
+                                                             "cpu_s": time.process_time()})
+            model.train()
     train_s = time.time() - t0
     model.eval()
     zs = zero_shot(as_clip(model, cfg), n=a.eval_n)
-    out = {"config": vars(a), "train_s": round(train_s, 1), "zero_shot": zs, "history": state.history[::4] + state.history[-1:]}
+    out = {"config": vars(a), "train_s": round(train_s, 1), "cpu_s": round(time.process_time(), 1), "zero_shot": zs, "history": state.history[::4] + state.history[-1:]}
     if a.out:
         save_world_clip(model, a.out, cfg, state, extra={"zero_shot": zs})
     print(json.dumps(out))

@@ -195,8 +195,10 @@ class WorldTrainModel(nn.Module):
     def forward(self, images: torch.Tensor, ids: torch.Tensor):
         img = F.normalize(self.clip.encode_image(images), dim=-1)
         txt = F.normalize(encode_text_short(self.clip, ids), dim=-1)
-        aux_img = {k: h(img) for k, h in self.image_heads.items()}
-        aux_txt = {k: h(txt) for k, h in self.text_heads.items()}
+        # the heads read unit vectors scaled by sqrt(e), so that they can reach confident logits quickly
+        s = img.shape[1] ** 0.5
+        aux_img = {k: h(s * img) for k, h in self.image_heads.items()}
+        aux_txt = {k: h(s * txt) for k, h in self.text_heads.items()}
         return img, txt, self.clip.logit_scale.exp().clamp(max=100), aux_img, aux_txt
 
 
@@ -235,7 +237,8 @@ def aux_weight_at(cfg: WorldTrainConfig, step: int) -> float:
 
 
 def loss_of(model: nn.Module, batch: dict, aux_w: float) -> tuple[torch.Tensor, dict]:
-    """Symmetric InfoNCE (+ aux_w x mean head cross-entropy); ``model`` may be DDP-wrapped.
+    """Symmetric InfoNCE (+ aux_w x head cross-entropy, summed over heads, averaged over the two towers);
+    ``model`` may be DDP-wrapped.
 
     Under DDP each worker contrasts its own slice; gathering features across workers is the caller's."""
     img, txt, scale, aux_img, aux_txt = model(batch["images"], batch["ids"])
@@ -243,7 +246,7 @@ def loss_of(model: nn.Module, batch: dict, aux_w: float) -> tuple[torch.Tensor, 
     target = torch.arange(len(img))
     clip_loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     aux = sum(_ce(aux_img[k], batch["image_labels"][k]) + _ce(aux_txt[k], batch["text_labels"][k]) for k in HEADS)
-    aux = aux / (2 * len(HEADS))
+    aux = aux / 2  # summed over heads (a mean over 11 heads made each too weak to move the towers)
     loss = clip_loss + aux_w * aux if aux_w > 0 else clip_loss + 0.0 * aux
     return loss, {"loss": loss.item(), "clip_loss": clip_loss.item(), "aux_loss": aux.item()}
 
