@@ -29,8 +29,10 @@ log = logging.getLogger(__name__)
 def _register_configs() -> None:
     import open_clip
 
-    if TINY_MODEL not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR / f"{TINY_MODEL}.json")
+    known = set(open_clip.list_models())
+    for path in sorted(CONFIG_DIR.glob("*.json")):  # promptmine-tiny, promptmine-world, ...
+        if path.stem not in known:
+            open_clip.add_model_config(path)
 
 
 @dataclass
@@ -232,8 +234,11 @@ def load_clip(
     return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, name=label, device=device)
 
 
-def save_clip(clip: ClipModel, folder: str | os.PathLike, model_name: str) -> Path:
-    """Write ``open_clip_config.json`` and weights so that ``load_clip(folder)`` loads them back."""
+def save_clip(clip: ClipModel, folder: str | os.PathLike, model_name: str, dtype: torch.dtype | None = None) -> Path:
+    """Write ``open_clip_config.json`` and weights so that ``load_clip(folder)`` loads them back.
+
+    ``dtype`` (e.g. torch.float16) stores floating-point weights in that type (half the size); loading
+    casts them back to the model's precision."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -241,6 +246,7 @@ def save_clip(clip: ClipModel, folder: str | os.PathLike, model_name: str) -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     cfg = open_clip.get_model_config(model_name)
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
-    state = {k: v.contiguous() for k, v in clip.model.state_dict().items()}
+    state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+             for k, v in clip.model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder

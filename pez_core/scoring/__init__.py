@@ -1,5 +1,6 @@
 """Scoring images made from prompts, as the papers do: diffusers generation, CLIP image-image and
-text-image similarity (PEZ), PickScore and the LAION aesthetic predictor (BeautifulPrompt).
+text-image similarity (PEZ), PickScore and the LAION aesthetic predictor (BeautifulPrompt); ``GenerationConfig(model="world")``
+selects the synthetic world's renderer (``WorldGenerator``).
 
     from pez_core.scoring import Generator, ClipScorer, PickScorer, AestheticScorer
     gen = Generator("stabilityai/stable-diffusion-2-1-base", steps=25, guidance=9.0)
@@ -16,7 +17,7 @@ _EXPORTS = {
     "PickScorer": "pickscore", "DEFAULT_PICKSCORE": "defaults", "DEFAULT_PICKSCORE_PROCESSOR": "defaults",
     "AestheticMLP": "aesthetic", "AestheticScorer": "aesthetic", "load_aesthetic_mlp": "aesthetic",
     "AestheticWeightsError": "aesthetic", "DEFAULT_AESTHETIC_CLIP": "defaults",
-    "GenerationConfig": "generate", "Generator": "generate",
+    "GenerationConfig": "generate", "Generator": "generate", "WorldGenerator": "world",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -45,7 +45,16 @@ _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class Generator:
-    """One loaded pipeline; ``generate(prompts, seeds)`` returns one PIL image per (prompt, seed)."""
+    """One loaded pipeline; ``generate(prompts, seeds)`` returns one PIL image per (prompt, seed).
+
+    ``GenerationConfig(model="world")`` gives the world's renderer instead (``scoring.world``)."""
+
+    def __new__(cls, cfg: GenerationConfig, device: str | None = None):
+        if cls is Generator and cfg.model == "world":
+            from .world import WorldGenerator
+
+            return WorldGenerator(cfg, device)
+        return super().__new__(cls)
 
     def __init__(self, cfg: GenerationConfig, device: str | None = None):
         from diffusers import AutoPipelineForText2Image

@@ -1,0 +1,338 @@
+"""Contrastive training of a small open_clip CLIP on the world, as resumable steps a Ray Train job can drive.
+
+Shapes: b batch (per worker), L training text context, e joint embedding width, c classes of one attribute.
+
+Every sample of step k is drawn from the string seed "{seed}:{k}:{i}" (i its index in the GLOBAL batch),
+so a resumed run sees exactly the same data, and a worker of rank r out of w takes the slice
+[r*b/w, (r+1)*b/w) of the same global batch. The lr is a pure function of the step (no scheduler state).
+An auxiliary curriculum (linear heads predicting every attribute from the image and from the text
+embedding, its weight decaying to 0) breaks the saddle point where neither tower encodes position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .captions import caption
+from .grammar import COLOURS, FILLS, POSITIONS, SATURATION, SHAPES, SHARPNESS, SIZES, WORDS, Scene, sample_scene
+from .parse import parse
+from .render import render_scene
+
+log = logging.getLogger(__name__)
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)  # open_clip's OpenAI mean / std (its default preprocess)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class WorldTrainConfig:
+    model: str = "promptmine-world"  # open_clip config name (pez_core/model_configs/<name>.json)
+    seed: int = 0  # model init and data; the data of step k comes from (seed, k) only
+    steps: int = 2000  # optimiser steps (1000-4000)
+    batch: int = 128  # global batch (64-256); split over workers by rank
+    lr: float = 2e-3  # peak AdamW lr (5e-4 - 3e-3)
+    warmup: float = 0.05  # share of steps with a linear warmup; then cosine to lr_end
+    lr_end: float = 0.02  # final lr as a share of the peak
+    weight_decay: float = 0.05  # AdamW (0-0.2), not on gains, biases, embeddings' logit scale
+    text_len: int = 32  # text context used in training (captions are < 30 tokens); the model keeps 77
+    two_objects: float = 0.3  # share of two-object scenes
+    drop: float = 0.1  # chance each attribute word is left out of a caption (0-0.3)
+    filler: float = 0.3  # chance a caption gets 1-3 random non-world tokens (teaches "ignore unknown words")
+    aux_weight: float = 1.0  # auxiliary attribute-classification loss weight at step 0 (0 disables)
+    aux_until: float = 0.6  # share of steps over which the aux weight decays linearly to 0
+    threads: int = 1  # torch threads per worker
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch < 2:
+            raise ValueError(f"steps >= 1 and batch >= 2 needed, got steps={self.steps}, batch={self.batch}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if not (0 <= self.drop < 1 and 0 <= self.filler <= 1 and 0 < self.aux_until <= 1):
+            raise ValueError("drop in [0, 1), filler in [0, 1], aux_until in (0, 1] needed")
+
+
+# ---- labels of the auxiliary heads ----------------------------------------------------------------
+# layout: the 5 positions of one object, then "left of" / "above" for two (canonical order)
+HEADS = {"layout": len(POSITIONS) + 2, "background": len(COLOURS), "fill": len(FILLS), "sharpness": len(SHARPNESS),
+         "saturation": len(SATURATION), "shape1": len(SHAPES), "colour1": len(COLOURS), "size1": len(SIZES),
+         "shape2": len(SHAPES), "colour2": len(COLOURS), "size2": len(SIZES)}
+_INDEX = {"position": list(POSITIONS), "background": list(COLOURS), "fill": list(FILLS),
+          "sharpness": list(SHARPNESS), "saturation": list(SATURATION), "shape": list(SHAPES),
+          "colour": list(COLOURS), "size": list(SIZES)}
+IGNORE = -100
+
+
+def _labels(scene) -> dict[str, int]:
+    """Head labels of a Scene or a PartialScene (what a caption says; IGNORE where it says nothing)."""
+    flip = {"right of": "left of", "below": "above"}
+    objs = list(scene.objects)
+    relation = scene.relation if len(objs) == 2 else None
+    if relation in flip:
+        objs, relation = objs[::-1], flip[relation]
+    idx = lambda kind, v: IGNORE if v is None else _INDEX[kind].index(v)  # noqa: E731
+    out = {k: idx(k, getattr(scene, k)) for k in ("background", "fill", "sharpness", "saturation")}
+    if len(objs) == 2:
+        out["layout"] = IGNORE if relation is None else len(POSITIONS) + ["left of", "above"].index(relation)
+    else:
+        out["layout"] = idx("position", scene.position)
+    for j in (0, 1):
+        o = objs[j] if j < len(objs) else None
+        for k in ("shape", "colour", "size"):
+            out[f"{k}{j + 1}"] = IGNORE if o is None else idx(k, getattr(o, k))
+    return out
+
+
+# ---- data ----------------------------------------------------------------------------------------
+class _Text:
+    """Tokenizer, the ids of world words, and the ids random filler may use."""
+
+    def __init__(self):
+        import open_clip
+
+        self.tok = open_clip.get_tokenizer("ViT-B-32")
+        world = {i for w in WORDS for i in self.tok.encode(w)}
+        glue = {i for w in "a an the on in at of with and to side".split() for i in self.tok.encode(w)}
+        specials = {self.tok.sot_token_id, self.tok.eot_token_id}
+        vocab = self.tok.vocab_size if hasattr(self.tok, "vocab_size") else 49408
+        self.filler_ids = np.array(sorted(set(range(vocab)) - world - glue - specials))
+
+    def ids(self, texts: list[str], L: int, rng: random.Random, filler: float) -> torch.Tensor:
+        out = torch.zeros(len(texts), L, dtype=torch.long)
+        for r, t in enumerate(texts):
+            ids = self.tok.encode(t)
+            if filler and rng.random() < filler:
+                for _ in range(rng.randint(1, 3)):
+                    ids.insert(rng.randint(0, len(ids)), int(self.filler_ids[rng.randrange(len(self.filler_ids))]))
+            ids = [self.tok.sot_token_id] + ids[: L - 2] + [self.tok.eot_token_id]
+            out[r, : len(ids)] = torch.tensor(ids)
+        return out
+
+
+_TEXT: _Text | None = None
+
+
+def _text() -> _Text:
+    global _TEXT
+    if _TEXT is None:
+        _TEXT = _Text()
+    return _TEXT
+
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL images -> normalised (b, 3, H, W), as open_clip's eval preprocess gives for images of its size."""
+    x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])) / 255
+    x = x.permute(0, 3, 1, 2)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def image_size(cfg: WorldTrainConfig) -> int:
+    import open_clip
+
+    register_configs()
+    size = open_clip.get_model_config(cfg.model)["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int = 1) -> dict:
+    """Rank ``rank``'s slice of the global batch of ``step``: images, text ids, head labels, scenes."""
+    if cfg.batch % world_size:
+        raise ValueError(f"batch {cfg.batch} is not divisible by world_size {world_size}")
+    per = cfg.batch // world_size
+    size, text = image_size(cfg), _text()
+    scenes, captions, images, rngs = [], [], [], []
+    for i in range(rank * per, (rank + 1) * per):
+        rng = random.Random(f"{cfg.seed}:{step}:{i}")
+        scene = sample_scene(rng, cfg.two_objects)
+        scenes.append(scene)
+        captions.append(caption(scene, rng, drop=cfg.drop))
+        images.append(render_scene(scene, rng.randrange(1 << 30), size))
+        rngs.append(rng)
+    ids = text.ids(captions, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:filler"), cfg.filler)
+    img_labels = [_labels(s) for s in scenes]
+    txt_labels = [_labels(parse(c)) for c in captions]
+    stack = lambda rows: {k: torch.tensor([r[k] for r in rows]) for k in HEADS}  # noqa: E731
+    return {"images": to_tensor(images), "ids": ids, "image_labels": stack(img_labels),
+            "text_labels": stack(txt_labels), "scenes": scenes, "captions": captions}
+
+
+# ---- model ---------------------------------------------------------------------------------------
+def register_configs() -> None:
+    from ..clip import _register_configs
+
+    _register_configs()
+
+
+def encode_text_short(clip: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``encode_text`` over the first L positions (exact: the mask is causal, pooling at eot)."""
+    L = ids.shape[1]
+    x = clip.token_embedding(ids) + clip.positional_embedding[:L]
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:L, :L]))
+    x = x[torch.arange(len(ids)), ids.argmax(dim=-1)]
+    return x @ clip.text_projection if not isinstance(clip.text_projection, nn.Linear) else clip.text_projection(x)
+
+
+class WorldTrainModel(nn.Module):
+    """The CLIP plus auxiliary heads; ``forward`` does all the work, so DDP can wrap this module."""
+
+    def __init__(self, clip: nn.Module, embed_dim: int):
+        super().__init__()
+        self.clip = clip
+        self.image_heads = nn.ModuleDict({k: nn.Linear(embed_dim, c) for k, c in HEADS.items()})
+        self.text_heads = nn.ModuleDict({k: nn.Linear(embed_dim, c) for k, c in HEADS.items()})
+
+    def forward(self, images: torch.Tensor, ids: torch.Tensor):
+        img = F.normalize(self.clip.encode_image(images), dim=-1)
+        txt = F.normalize(encode_text_short(self.clip, ids), dim=-1)
+        # the heads read unit vectors scaled by sqrt(e), so that they can reach confident logits quickly
+        s = img.shape[1] ** 0.5
+        aux_img = {k: h(s * img) for k, h in self.image_heads.items()}
+        aux_txt = {k: h(s * txt) for k, h in self.text_heads.items()}
+        return img, txt, self.clip.logit_scale.exp().clamp(max=100), aux_img, aux_txt
+
+
+def build_model(cfg: WorldTrainConfig) -> WorldTrainModel:
+    """Random open_clip CLIP of ``cfg.model`` (seeded by ``cfg.seed``) with the heads, in train mode."""
+    import open_clip
+
+    from ..clip import _quiet_random_init_warning
+
+    register_configs()
+    torch.manual_seed(cfg.seed)
+    with _quiet_random_init_warning():
+        clip = open_clip.create_model(cfg.model, pretrained=None, device="cpu")
+    embed = open_clip.get_model_config(cfg.model)["embed_dim"]
+    return WorldTrainModel(clip, embed).train()
+
+
+def build_optimiser(model: nn.Module, cfg: WorldTrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def lr_at(cfg: WorldTrainConfig, step: int) -> float:
+    warm = max(1, int(cfg.warmup * cfg.steps))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    t = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (cfg.lr_end + (1 - cfg.lr_end) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def aux_weight_at(cfg: WorldTrainConfig, step: int) -> float:
+    return cfg.aux_weight * max(0.0, 1 - step / (cfg.aux_until * cfg.steps))
+
+
+def loss_of(model: nn.Module, batch: dict, aux_w: float) -> tuple[torch.Tensor, dict]:
+    """Symmetric InfoNCE (+ aux_w x head cross-entropy, summed over heads, averaged over the two towers);
+    ``model`` may be DDP-wrapped.
+
+    Under DDP each worker contrasts its own slice; gathering features across workers is the caller's."""
+    img, txt, scale, aux_img, aux_txt = model(batch["images"], batch["ids"])
+    logits = scale * img @ txt.T  # (b, b)
+    target = torch.arange(len(img))
+    clip_loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    aux = sum(_ce(aux_img[k], batch["image_labels"][k]) + _ce(aux_txt[k], batch["text_labels"][k]) for k in HEADS)
+    aux = aux / 2  # summed over heads (a mean over 11 heads made each too weak to move the towers)
+    loss = clip_loss + aux_w * aux if aux_w > 0 else clip_loss + 0.0 * aux
+    return loss, {"loss": loss.item(), "clip_loss": clip_loss.item(), "aux_loss": aux.item()}
+
+
+def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if (labels != IGNORE).any():
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return logits.sum() * 0.0
+
+
+@dataclass
+class TrainState:
+    """Everything besides model and optimiser that a resumed run needs (the lr is a function of the step)."""
+
+    step: int = 0  # the next step to run
+    history: list = field(default_factory=list)  # (step, loss, clip_loss, aux_loss) every log_every steps
+    seconds: float = 0.0  # training wall time so far
+
+
+def train_steps(model: nn.Module, optimiser: torch.optim.Optimizer, state: TrainState, cfg: WorldTrainConfig,
+                start_step: int, end_step: int, on_step: Callable[[int, dict], None] | None = None,
+                rank: int = 0, world_size: int = 1, log_every: int = 50) -> TrainState:
+    """Run steps [start_step, end_step): the same weights whether run at once or resumed in pieces."""
+    torch.set_num_threads(cfg.threads)
+    model.train()
+    for step in range(start_step, end_step):
+        t0 = time.perf_counter()
+        batch = make_batch(cfg, step, rank, world_size)
+        for g in optimiser.param_groups:
+            g["lr"] = lr_at(cfg, step)
+        loss, info = loss_of(model, batch, aux_weight_at(cfg, step))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        state.step, state.seconds = step + 1, state.seconds + time.perf_counter() - t0
+        if step % log_every == 0 or step == end_step - 1:
+            state.history.append((step, round(info["loss"], 4), round(info["clip_loss"], 4), round(info["aux_loss"], 4)))
+            log.info("step %d loss %.4f clip %.4f aux %.4f (%.0f s)", step, info["loss"], info["clip_loss"],
+                     info["aux_loss"], state.seconds)
+        if on_step is not None:
+            on_step(step, info)
+    return state
+
+
+def state_dict(model: nn.Module, optimiser: torch.optim.Optimizer, state: TrainState, cfg: WorldTrainConfig) -> dict:
+    """All that resuming needs (``model`` may be DDP-wrapped: its ``module`` is saved)."""
+    m = getattr(model, "module", model)
+    return {"model": m.state_dict(), "optimiser": optimiser.state_dict(), "state": asdict(state), "config": asdict(cfg)}
+
+
+def load_state_dict(model: nn.Module, optimiser: torch.optim.Optimizer, sd: dict) -> TrainState:
+    getattr(model, "module", model).load_state_dict(sd["model"])
+    optimiser.load_state_dict(sd["optimiser"])
+    st = sd["state"]
+    return TrainState(step=st["step"], history=[tuple(h) for h in st["history"]], seconds=st["seconds"])
+
+
+def as_clip(model: nn.Module, cfg: WorldTrainConfig):
+    """A ClipModel (eval view) of the trained CLIP, for zero-shot evaluation and PEZ."""
+    import open_clip
+
+    from ..clip import ClipModel
+
+    clip = getattr(getattr(model, "module", model), "clip", model)
+    preprocess = open_clip.image_transform(image_size(cfg), is_train=False)
+    return ClipModel(model=clip, preprocess=preprocess, tokenizer=_text().tok, name=cfg.model, device=torch.device("cpu"))
+
+
+def save_world_clip(model: nn.Module, folder: str | Path, cfg: WorldTrainConfig, state: TrainState | None = None,
+                    extra: dict | None = None) -> Path:
+    """fp16 safetensors + open_clip_config.json (``load_clip(folder)`` loads it as fp32) + train_info.json."""
+    from ..clip import save_clip
+
+    clip = as_clip(model, cfg)
+    was = clip.model.training
+    folder = save_clip(clip, folder, cfg.model, dtype=torch.float16)
+    clip.model.train(was)
+    info = {"config": asdict(cfg), **({"history": state.history, "seconds": state.seconds} if state else {}),
+            **(extra or {})}
+    (Path(folder) / "train_info.json").write_text(json.dumps(info, indent=1))
+    return Path(folder)
+
+
+def train(cfg: WorldTrainConfig, log_every: int = 50) -> tuple[WorldTrainModel, TrainState]:
+    """A whole single-process run (what a Ray Train worker does with rank 0 of 1)."""
+    model = build_model(cfg)
+    opt = build_optimiser(model, cfg)
+    state = train_steps(model, opt, TrainState(), cfg, 0, cfg.steps, log_every=log_every)
+    return model, state
