@@ -18,6 +18,7 @@ JOB_MODULES = (
     "pipelines.mine.cli",  # mine (Ray Data, resumable)
     "pipelines.rewrite.job",  # rewrite (Ray Data over prompt tables, resumable)
     "pipelines.train.cli",  # train sft|reward|ppo (Ray Train)
+    "pipelines.train.world",  # world train (Ray Train: the world CLIP)
     "serve.cli",  # serve (Ray Serve online API)
     "pipelines.evaluate.cli",  # eval invert|rewrite, label (Ray Data, resumable)
     "pipelines.evaluate.report",  # report (HTML page + PNG contact sheet of a job output)
