@@ -2,6 +2,7 @@
 prompts, scores and metrics; the contact sheet puts each image where its label says."""
 
 import base64
+import html
 import io
 import re
 
@@ -77,3 +78,25 @@ def test_report_errors_are_one_line(tmp_path, rewrite_output, capsys):
     assert "no rows/ folder" in capsys.readouterr().err
     assert main(["report", str(root / "out"), "--sort", "nope", "--output", str(tmp_path / "x.html")]) == 2
     assert "--sort 'nope': no such column" in capsys.readouterr().err
+
+
+def test_mining_report_shows_each_target_and_its_regenerated_image(ray_cluster, tmp_path, capsys):
+    """A mine output's report reads each target image back from the input shards by key, and with
+    --generator world shows the image each prompt regenerates beside it."""
+    from pipelines.io.samples import write_sample_shards
+
+    write_sample_shards(tmp_path / "in", shards=1, per_shard=3, size=48)
+    assert main(["mine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "mined"), "--steps", "3",
+                 "--prompt-len", "4", "--batch-size", "4", "--actors", "1"]) == 0
+    assert main(["report", str(tmp_path / "mined"), "--generator", "world"]) == 0
+    assert "3 of 3 rows of mine" in capsys.readouterr().out
+    page = (tmp_path / "mined" / "report.html").read_text()
+    assert page.count("<img ") == 6  # a target and a regenerated image per row
+    rows = pd.read_parquet(tmp_path / "mined" / "rows")
+    for prompt in rows["prompt"]:
+        assert html.escape(prompt) in page
+    sheet = Image.open(tmp_path / "mined" / "report.png")
+    assert sheet.width > 2 * 128 and sheet.height > 3 * 100
+    assert main(["report", str(tmp_path / "mined"), "--generator", str(tmp_path / "no-such-model"),
+                 "--output", str(tmp_path / "x.html")]) == 2
+    assert "cannot load text-to-image model" in capsys.readouterr().err

@@ -9,6 +9,8 @@ and writes:
   thumbnails embedded as base64 JPEG, the prompts and the scores; click a header to sort by it.
 - a PNG contact sheet (PIL): one line per row with its images side by side (target, then the image of
   each prompt column) and the prompts and scores beside them.
+For a ``mine`` output the target images are read back from its input shards by key, and with
+``--generator`` (e.g. ``world``) each prompt's regenerated image is shown beside its target.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ KINDS = {
     "eval-invert": ("similarity", [("target_image", "target"), ("image", "prompt")]),
     "eval-rewrite": ("pick_score", [("raw_image", "raw prompt"), ("image", "rewritten")]),
     "label": ("pick_score", []),
-    "mine": ("cosine", []),
+    "mine": ("cosine", [("target_image", "target"), ("image", "regenerated")]),
 }
 HIDDEN = ("shard", "seconds", "token_ids")
 
@@ -182,6 +184,10 @@ def cmd_report(args) -> int:
     try:
         out = options.resolve(args.uri)
         kind, df, total, metrics, reasons = load_rows(out, args.limit, args.sort)
+        if kind == "mine":
+            from pipelines.evaluate.report_images import add_mining_images
+
+            df = add_mining_images(out, df, args.images, args.generator)
         page = options.resolve(args.output or out.child("report.html").uri)
         png = options.resolve(args.png or (page.uri[: -len(".html")] if page.uri.endswith(".html") else page.uri)
                               + ".png")
@@ -189,7 +195,7 @@ def cmd_report(args) -> int:
         buf = io.BytesIO()
         render_sheet(kind, df.head(args.sheet_rows)).save(buf, format="PNG")
         png.write_bytes(buf.getvalue())
-    except (ValueError, StorageError) as e:
+    except (ValueError, OSError) as e:  # OSError: StorageError, or a generator that cannot be loaded
         raise CLIError(str(e)) from e
     print(f"report: {len(df)} of {total} rows of {kind} -> {page.uri} and {png.uri}")
     return 0
@@ -204,5 +210,9 @@ def register(sub) -> None:
     p.add_argument("--sort", metavar="COLUMN", help="sort rows by this column, descending (default: the main score)")
     p.add_argument("--limit", type=int, default=200, help="rows in the page (default 200)")
     p.add_argument("--sheet-rows", type=int, default=24, help="rows in the contact sheet (default 24)")
+    p.add_argument("--images", metavar="URI", help="mine output: the input shards to show target images from "
+                                                   "(default: the input recorded in its _job.json)")
+    p.add_argument("--generator", metavar="MODEL", help="mine output: also show the image each prompt regenerates "
+                                                       "(world, or a diffusers model id or folder)")
     p.add_argument("--endpoint-url", help="S3-compatible endpoint; default: $AWS_ENDPOINT_URL")
     p.set_defaults(func=cmd_report)
