@@ -111,8 +111,9 @@ def deploy(port: int, max_batch_size: int, args) -> str:
     from serve.app import build_app
     from serve.settings import AppArgs
 
-    app_args = AppArgs(preset="tiny", rewrite_max_batch_size=max_batch_size,
-                       rewrite_batch_wait_s=args.batch_wait_s, torch_threads=args.threads,
+    tuned = {k: v for k, v in {"rewrite_max_batch_size": max_batch_size,
+                               "rewrite_batch_wait_s": args.batch_wait_s}.items() if v is not None}
+    app_args = AppArgs(preset="tiny", **tuned, torch_threads=args.threads,
                        max_queued_requests=args.max_queued, auth_token_env="PROMPTMINE_BENCH_NO_TOKEN")
     serve.run(build_app(app_args), name="bench", route_prefix="/")
     return f"http://127.0.0.1:{port}"
@@ -124,9 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=512, help="requests to send (N)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (C)")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per rewrite")
-    p.add_argument("--max-batch-size", type=int, default=32, help="rewrite max batch size of the local app")
+    p.add_argument("--max-batch-size", type=int, help="rewrite max batch size of the local app (default: the app's)")
     p.add_argument("--compare-batch-size", type=int, help="also run with this max batch size (e.g. 1)")
-    p.add_argument("--batch-wait-s", type=float, default=0.02, help="rewrite batch wait of the local app")
+    p.add_argument("--batch-wait-s", type=float, help="rewrite batch wait of the local app (default: the app's)")
     p.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of the local app")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
     p.add_argument("--timeout", type=float, default=60, help="client timeout per request, seconds")

@@ -67,8 +67,9 @@ class AppArgs(Limits):
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads per model replica")
     model_num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved by each model replica")
     num_replicas: int = Field(1, ge=1, description="replicas of each model deployment")
-    rewrite_max_batch_size: int = Field(32, ge=1, le=1024, description="prompts in one generate call")
-    rewrite_batch_wait_s: float = Field(0.02, ge=0, le=10, description="wait for a rewrite batch to fill")
+    rewrite_max_batch_size: int = Field(64, ge=1, le=1024, description="prompts in one generate call")
+    rewrite_batch_wait_s: float = Field(0.1, ge=0, le=10, description="wait for a rewrite batch to fill "
+                                        "(0.1 s: under load a batch fills before the previous call returns)")
     invert_max_batch_size: int = Field(8, ge=1, le=1024, description="images in one batched PEZ run")
     invert_batch_wait_s: float = Field(0.05, ge=0, le=10, description="wait for an invert batch to fill")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a model replica holds at once; "

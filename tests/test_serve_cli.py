@@ -88,7 +88,7 @@ def test_cli_serves_with_env_token_and_overrides(cli_server):
     r = httpx.post(f"{base}/v1/rewrite", json={"prompts": ["a", "b", "c"]}, headers=auth, timeout=30)
     assert r.status_code == 422 and r.json()["error"]["field"] == "prompts"  # --set max_prompts=2 won
     models = httpx.get(f"{base}/v1/models", headers=auth, timeout=30).json()
-    assert models["limits"]["max_prompts"] == 2 and models["rewrite"]["stats"]["max_batch_size"] == 32
+    assert models["limits"]["max_prompts"] == 2 and models["rewrite"]["stats"]["max_batch_size"] == 64
 
 
 def test_cli_stops_on_ctrl_c(cli_server):
