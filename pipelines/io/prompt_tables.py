@@ -72,7 +72,13 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
     rels = [(loc, size, loc.relative_to(root)) for loc, size in files]
     if any(rel.startswith("rows/") for _, _, rel in rels):  # a promptmine job's output: its rows are the table
-        rels = [(loc, size, rel[len("rows/"):]) for loc, size, rel in rels if rel.startswith("rows/")]
+        done = None
+        if any(rel == "_job.json" for _, _, rel in rels):  # only its shards with a done marker
+            from pipelines.jobs.markers import done_data_files
+
+            done = {loc.path for loc in done_data_files(root, "rows").values()}
+        rels = [(loc, size, rel[len("rows/"):]) for loc, size, rel in rels
+                if rel.startswith("rows/") and (done is None or loc.path in done)]
     shards = {}
     for loc, size, rel in rels:
         if any(part.startswith((".", "_")) for part in rel.split("/")):  # _SUCCESS, .crc, hidden files

@@ -225,25 +225,41 @@ class Location:
             return self.fs.open_input_stream(self.path)
 
     # ---- writes ----
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes, tmp_dir: "Location | None" = None) -> None:
         """Write the whole object at once: on S3 one PUT (an object appears complete or not at all);
         locally a temporary file renamed into place. A half-written file is never visible, and a
-        rerun replaces the file instead of appending to it."""
+        rerun replaces the file instead of appending to it.
+
+        Locally the temporary file goes to ``tmp_dir`` (a folder on the same filesystem that readers
+        do not scan, e.g. OUTPUT/_tmp), else beside the target as a hidden ``.name.tmp-*`` file
+        (which pandas, pyarrow datasets and ``*.parquet`` globs skip): a write killed mid-way never
+        leaves a partial file where readers look."""
+        tmp = None
         try:
             if self.scheme == "file":
                 os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+                tag = uuid.uuid4().hex[:8]
+                if tmp_dir is not None:
+                    os.makedirs(tmp_dir.path, exist_ok=True)
+                    tmp = os.path.join(tmp_dir.path, f"{tag}-{posixpath.basename(self.path)}")
+                else:
+                    tmp = os.path.join(os.path.dirname(self.path), f".{posixpath.basename(self.path)}.tmp-{tag}")
                 with open(tmp, "wb") as f:
                     f.write(data)
                 os.replace(tmp, self.path)
+                tmp = None
             else:
                 with self.fs.open_output_stream(self.path) as f:
                     f.write(data)
         except OSError as e:
             raise self._wrap("write", e) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
 
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode())
+    def write_text(self, text: str, tmp_dir: "Location | None" = None) -> None:
+        self.write_bytes(text.encode(), tmp_dir)
 
     def read_text(self) -> str:
         return self.read_bytes().decode()

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from pipelines.jobs.markers import (MARKER_SUFFIX, clean_tmp, done_shard_ids, done_shards,  # noqa: F401 (API)
+                                    marker_file, rejects_file, rows_file, tmp_dir)
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
 from pipelines.io.storage import Location, StorageOptions
 
 log = logging.getLogger(__name__)
 
-MARKER_SUFFIX = "_stats.json"
 REJECT_FIELDS = ("key", "shard", "reason")
 
 
@@ -83,40 +84,6 @@ class ShardJobConfig:
             raise ValueError("an actor needs some CPU or GPU (cpus_per_actor or gpus_per_actor > 0)")
         if self.max_reads_in_flight < 0:
             raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
-
-
-# ---- output layout ---------------------------------------------------------------------------
-def rows_file(out: Location, shard_id: str) -> Location:
-    return out.child("rows", f"{shard_id}.parquet")
-
-
-def rejects_file(out: Location, shard_id: str) -> Location:
-    return out.child("rejects", f"{shard_id}.parquet")
-
-
-def marker_file(out: Location, shard_id: str) -> Location:
-    return out.child("stats", f"{shard_id}{MARKER_SUFFIX}")
-
-
-def done_shard_ids(out: Location) -> dict[str, Location]:
-    """shard id -> its marker, for every shard with a done marker (one listing, no reads)."""
-    stats_dir = out.child("stats")
-    done = {}
-    for loc, _ in stats_dir.list_files():
-        rel = loc.relative_to(stats_dir)
-        if rel.endswith(MARKER_SUFFIX):
-            done[rel[: -len(MARKER_SUFFIX)]] = loc
-    return done
-
-
-def done_shards(out: Location, only: set[str] | None = None) -> dict[str, dict]:
-    """shard id -> its stats (markers read in parallel: a big job has many thousands)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    markers = {k: v for k, v in done_shard_ids(out).items() if only is None or k in only}
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        texts = pool.map(lambda loc: loc.read_text(), markers.values())
-        return {k: json.loads(t) for k, t in zip(markers, texts)}
 
 
 def _parquet_bytes(rows: list[dict], schema) -> bytes:
@@ -201,13 +168,14 @@ class _ShardWorker:
         reasons: dict[str, int] = {}
         for r in rejects:
             reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
-        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()))
-        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()))
+        tmp = tmp_dir(self.out)
+        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
+        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
         stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
                  "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1))  # last: the done marker
+        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1), tmp)  # last: the done marker
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -285,6 +253,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
     if len(set(ids)) != len(ids):
         raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
     check_manifest(out, job, cfg)
+    clean_tmp(out)
     done = done_shard_ids(out)
     pending = [s for s in shards if s.id not in done]
     echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
