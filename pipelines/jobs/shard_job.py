@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 from pipelines.jobs.markers import (MARKER_SUFFIX, clean_tmp, done_shard_ids, done_shards,  # noqa: F401 (API)
                                     marker_file, rejects_file, rows_file, tmp_dir)
+from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
 from pipelines.io.storage import Location, StorageOptions
@@ -74,6 +75,8 @@ class ShardJobConfig:
     address: str | None = None  # Ray address; None starts a local Ray for this job
     progress_interval: float = 2.0  # seconds between progress lines
     max_shard_retries: int = 3  # retries of a shard whose actor died (a poison shard must not loop forever)
+    wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
+    lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
 
     def __post_init__(self):
         if self.actors < 1:
@@ -82,6 +85,9 @@ class ShardJobConfig:
             raise ValueError("cpus_per_actor, gpus_per_actor and read_cpus must be >= 0")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ValueError("an actor needs some CPU or GPU (cpus_per_actor or gpus_per_actor > 0)")
+        if self.wait_lease < 0 or self.lease_seconds <= 0:
+            raise ValueError(f"wait_lease must be >= 0 and lease_seconds > 0, got {self.wait_lease}, "
+                             f"{self.lease_seconds}")
         if self.max_reads_in_flight < 0:
             raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
 
@@ -126,8 +132,8 @@ def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: Stora
 class _ShardWorker:
     """Actor: builds the processor once, then per shard: process, check, write data, write marker."""
 
-    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str):
-        self.job, self.options = job, options
+    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str, run_id: str = ""):
+        self.job, self.options, self.run_id = job, options, run_id
         self.out = options.resolve(output_uri)
         self.processor = job.processor(**job.processor_kwargs)
         self.host = socket.gethostname()
@@ -168,13 +174,15 @@ class _ShardWorker:
         reasons: dict[str, int] = {}
         for r in rejects:
             reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
+        if self.run_id and lease_owner(self.out) != self.run_id:  # fencing: never write over a new owner's shards
+            raise LeaseLost(f"{self.out.uri}: this run ({self.run_id}) no longer holds the output's lease")
         tmp = tmp_dir(self.out)
         rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
         rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
         stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
-                 "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+                 "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1), tmp)  # last: the done marker
 
 
@@ -217,7 +225,7 @@ def _start_ray(address: str | None):
     return True
 
 
-def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending: list[Shard], progress: Progress):
+def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending: list[Shard], run_id: str):
     """Run the pending shards through Ray Data; yields each shard's result row as it finishes."""
     import ray
 
@@ -237,7 +245,8 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         # ray_remote_args (removed in 2.64; pyproject pins 2.60.0): keep that warning out of users' logs.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
-            _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
+            _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri,
+                                                 "run_id": run_id},
             batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
             compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
             max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
@@ -246,12 +255,20 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
 
 
 def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:
-    """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json)."""
+    """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json).
+
+    The whole run holds the output's lease (lease.py): a second driver on the same output waits
+    ``cfg.wait_lease`` seconds or refuses (LeaseHeld)."""
     root, out = options.resolve(cfg.input_uri), options.resolve(cfg.output_uri)
     shards = job.find(root, cfg.input_format)
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
+    with Lease(out, ttl=cfg.lease_seconds).acquire(wait=cfg.wait_lease) as lease:
+        return _run_leased(job, cfg, options, root, out, shards, lease, echo)
+
+
+def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     check_manifest(out, job, cfg)
     clean_tmp(out)
     done = done_shard_ids(out)
@@ -263,7 +280,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
     if pending:
         started = _start_ray(cfg.address)
         try:
-            for result in _stream(job, cfg, options, pending, progress):
+            for result in _stream(job, cfg, options, pending, lease.run_id):
                 if result["error"]:
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
@@ -277,6 +294,7 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
 
                 ray.shutdown()
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
+    summary["run_id"] = lease.run_id
     out.child("summary.json").write_text(json.dumps(summary, indent=1))
     echo(format_summary(summary))
     return summary
