@@ -183,6 +183,11 @@ class Location:
 
     def list_files(self, recursive: bool = True) -> list[tuple["Location", int]]:
         """Files under this folder (sorted, with sizes); an absent folder lists as empty."""
+        return [(loc, size) for loc, size, _ in self.list_entries(recursive)]
+
+    def list_entries(self, recursive: bool = True) -> list[tuple["Location", int, int]]:
+        """Files under this folder (sorted) with size and modification time in ns (0 when the store
+        gives none): what a done marker records to tell a replaced input from the one it was made of."""
         import pyarrow.fs as pafs
 
         try:
@@ -191,14 +196,21 @@ class Location:
             raise self._wrap("list", e) from None
         files = [i for i in infos if i.type == pafs.FileType.File]
         files.sort(key=lambda i: i.path)
-        return [(self.child(posixpath.relpath(i.path, self.path)), i.size) for i in files]
+        return [(self.child(posixpath.relpath(i.path, self.path)), i.size, _mtime_ns(i)) for i in files]
 
-    def input_files(self) -> tuple["Location", list[tuple["Location", int]]]:
+    def input_files(self) -> tuple["Location", list[tuple["Location", int, int]]]:
         """An input given as a folder/prefix or as one file: (the folder that ids are relative to,
-        the files with sizes). Empty when nothing is there."""
-        if self.exists() and not self.is_dir():
-            return Location(posixpath.dirname(self.uri.rstrip("/")) or ".", self.options), [(self, 0)]
-        return self, self.list_files()
+        the files with size and mtime in ns). Empty when nothing is there."""
+        import pyarrow.fs as pafs
+
+        try:
+            info = self.fs.get_file_info(self.path)
+        except OSError as e:
+            raise self._wrap("stat", e) from None
+        if info.type == pafs.FileType.File:
+            return Location(posixpath.dirname(self.uri.rstrip("/")) or ".", self.options), [(self, info.size,
+                                                                                             _mtime_ns(info))]
+        return self, self.list_entries()
 
     # ---- reads ----
     @contextlib.contextmanager
@@ -271,6 +283,20 @@ class Location:
             pass
         except OSError as e:
             raise self._wrap("delete", e) from None
+
+
+def _mtime_ns(info) -> int:
+    try:
+        return int(info.mtime_ns or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def normalize_uri(uri: str) -> str:
+    """One spelling per location, for comparing: an absolute local path, or ``s3://bucket/prefix``
+    without a trailing slash (``./in``, ``in/`` and ``/abs/in`` are the same folder)."""
+    scheme, path = split_uri(uri)
+    return path if scheme == "file" else f"s3://{path}"
 
 
 def _reason(e: Exception, credentials: Credentials | None = None) -> str:

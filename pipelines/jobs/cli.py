@@ -22,6 +22,9 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
     r.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
     r.add_argument("--wait-lease", type=float, default=0.0, metavar="SECONDS",
                    help="if another driver is running on --output, wait up to this long for it (default 0: refuse)")
+    r.add_argument("--on-changed", choices=("redo", "refuse"), default="redo",
+                   help="a done shard whose input changed since (size or modification time): redo it (default) "
+                        "or refuse to run")
     r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
                    help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
 
@@ -47,7 +50,7 @@ def job_config(args, input_format: str = "auto"):
     cpus = args.cpus_per_actor if args.cpus_per_actor is not None else (1.0 if args.gpus_per_actor else 0.5)
     return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
                           gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address,
-                          wait_lease=args.wait_lease)
+                          wait_lease=args.wait_lease, on_changed=args.on_changed)
 
 
 def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:

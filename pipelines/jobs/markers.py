@@ -89,3 +89,19 @@ def clean_tmp(out: Location) -> int:
     if stale:
         log.info("%s: removed %d temporary files of an interrupted run", out.uri, len(stale))
     return len(stale)
+
+
+def changed_since_done(shards, stats: dict[str, dict]) -> list[str]:
+    """Ids of done shards whose input is not the one their marker records: another size, or another
+    modification time where both the marker and the listing have one (markers written before mtimes
+    were recorded are compared by size only)."""
+    changed = []
+    for shard in shards:
+        s = stats.get(shard.id)
+        if s is None:
+            continue
+        if s.get("bytes") is not None and s["bytes"] != shard.size:
+            changed.append(shard.id)
+        elif s.get("mtime") and shard.mtime and s["mtime"] != shard.mtime:
+            changed.append(shard.id)
+    return changed

@@ -78,7 +78,8 @@ def format_summary(summary: dict) -> str:
         f"  input     {summary['input']}",
         f"  output    {summary['output']}  (rows/, rejects/, stats/, summary.json)",
         f"  shards    {sh['done']}/{sh['total']} done, {sh['processed_this_run']} this run, "
-        f"{sh['skipped_already_done']} already done, {sh['failed']} failed",
+        f"{sh['skipped_already_done']} already done, {sh['failed']} failed"
+        + (f", {sh['changed_redone']} changed since done and redone" if sh.get("changed_redone") else ""),
         f"  records   {t['records']:,} in = {t['rows']:,} rows + {t['rejects']:,} rejects  (balanced: {balance})",
         f"  this run  {run['records']:,} records in {_duration(run['seconds'])}, {run['records_per_s']:.2f} {unit}/s",
     ]

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from pipelines.jobs.markers import (MARKER_SUFFIX, clean_tmp, done_shard_ids, done_shards,  # noqa: F401 (API)
-                                    marker_file, rejects_file, rows_file, tmp_dir)
+from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp, done_shard_ids,  # noqa: F401
+                                    done_shards, marker_file, rejects_file, rows_file, tmp_dir)
 from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
-from pipelines.io.storage import Location, StorageOptions
+from pipelines.io.storage import Location, StorageOptions, normalize_uri
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class ShardJobConfig:
     input_format: str = "auto"  # auto | webdataset | parquet | folder
     address: str | None = None  # Ray address; None starts a local Ray for this job
     progress_interval: float = 2.0  # seconds between progress lines
+    on_changed: str = "redo"  # a done shard whose input changed since: redo (default) | refuse
     max_shard_retries: int = 3  # retries of a shard whose actor died (a poison shard must not loop forever)
     wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
     lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
@@ -85,6 +86,8 @@ class ShardJobConfig:
             raise ValueError("cpus_per_actor, gpus_per_actor and read_cpus must be >= 0")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ValueError("an actor needs some CPU or GPU (cpus_per_actor or gpus_per_actor > 0)")
+        if self.on_changed not in ("redo", "refuse"):
+            raise ValueError(f"on_changed must be redo or refuse, got {self.on_changed!r}")
         if self.wait_lease < 0 or self.lease_seconds <= 0:
             raise ValueError(f"wait_lease must be >= 0 and lease_seconds > 0, got {self.wait_lease}, "
                              f"{self.lease_seconds}")
@@ -179,7 +182,7 @@ class _ShardWorker:
         tmp = tmp_dir(self.out)
         rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
         rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
-        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
+        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size, "mtime": shard.mtime,
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
                  "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
@@ -190,9 +193,12 @@ class _ShardWorker:
 def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
     """Write _job.json on the first run; refuse a rerun whose input or settings differ."""
     manifest = out.child("_job.json")
-    mine = {"job": job.name, "input": cfg.input_uri, "format": cfg.input_format, "settings": job.settings}
+    mine = {"job": job.name, "input": normalize_uri(cfg.input_uri), "format": cfg.input_format,
+            "settings": job.settings}
     if manifest.exists():
         old = json.loads(manifest.read_text())
+        if isinstance(old.get("input"), str):  # written by a version that kept the URI as typed
+            old["input"] = normalize_uri(old["input"])
         diff = [k for k in ("job", "input", "format") if old.get(k) != mine[k]]
         diff += [f"settings.{k}" for k in sorted(set(old.get("settings", {})) | set(job.settings))
                  if old.get("settings", {}).get(k) != job.settings.get(k)]
@@ -203,6 +209,16 @@ def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
         return
     manifest.write_text(json.dumps({**mine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                    indent=1))
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _some(items: list, n: int = 5) -> str:
+    """The first ``n`` items, then 'and N more' (a cut list always says so)."""
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(map(str, items[:n])) + more
 
 
 def _get(d: dict, dotted: str):
@@ -259,6 +275,8 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
 
     The whole run holds the output's lease (lease.py): a second driver on the same output waits
     ``cfg.wait_lease`` seconds or refuses (LeaseHeld)."""
+    # one spelling per location: absolute local paths (Ray workers run in other folders), s3://b/p
+    cfg = dataclasses.replace(cfg, input_uri=normalize_uri(cfg.input_uri), output_uri=normalize_uri(cfg.output_uri))
     root, out = options.resolve(cfg.input_uri), options.resolve(cfg.output_uri)
     shards = job.find(root, cfg.input_format)
     ids = [s.id for s in shards]
@@ -271,10 +289,19 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
 def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     check_manifest(out, job, cfg)
     clean_tmp(out)
-    done = done_shard_ids(out)
+    done = done_shards(out, only={s.id for s in shards})
+    changed = changed_since_done(shards, done)
+    if changed and cfg.on_changed == "refuse":
+        raise JobConflict(f"{out.uri}: {_count(changed, 'shard')} changed since they were done "
+                          f"({_some(changed)}); rerun with --on-changed redo to redo them")
+    for sid in changed:  # not done any more: if the redo fails, the next run retries it
+        marker_file(out, sid).delete()
+        done.pop(sid)
     pending = [s for s in shards if s.id not in done]
     echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
          f"{len(pending)} to do")
+    if changed:
+        echo(f"{job.name}: {_count(changed, 'shard')} changed since they were done: redone ({_some(changed)})")
     progress = Progress(job.name, len(pending), sum(s.size for s in pending), cfg.progress_interval, unit=job.unit)
     failed = []
     if pending:
@@ -295,6 +322,7 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
                 ray.shutdown()
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
     summary["run_id"] = lease.run_id
+    summary["shards"]["changed_redone"] = len(changed)
     out.child("summary.json").write_text(json.dumps(summary, indent=1))
     echo(format_summary(summary))
     return summary
