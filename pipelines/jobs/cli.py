@@ -25,6 +25,9 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
     r.add_argument("--on-changed", choices=("redo", "refuse"), default="redo",
                    help="a done shard whose input changed since (size or modification time): redo it (default) "
                         "or refuse to run")
+    r.add_argument("--max-shard-retries", type=int, default=2, metavar="N",
+                   help="retries of a shard whose worker died (crash, OOM); then it is recorded as failed "
+                        "(summary, failed/<shard>.json) and the job goes on (default 2)")
     r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
                    help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
 
@@ -50,7 +53,8 @@ def job_config(args, input_format: str = "auto"):
     cpus = args.cpus_per_actor if args.cpus_per_actor is not None else (1.0 if args.gpus_per_actor else 0.5)
     return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
                           gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address,
-                          wait_lease=args.wait_lease, on_changed=args.on_changed)
+                          wait_lease=args.wait_lease, on_changed=args.on_changed,
+                          max_shard_retries=args.max_shard_retries)
 
 
 def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:

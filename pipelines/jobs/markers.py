@@ -105,3 +105,22 @@ def changed_since_done(shards, stats: dict[str, dict]) -> list[str]:
         elif s.get("mtime") and shard.mtime and s["mtime"] != shard.mtime:
             changed.append(shard.id)
     return changed
+
+
+def failed_file(out: Location, shard_id: str) -> Location:
+    return out.child("failed", f"{shard_id}.json")
+
+
+def record_failures(out: Location, failed: list[dict], attempted: set[str], run_id: str) -> None:
+    """``failed/<shard>.json`` for each shard that failed this run (never a done marker: the next run
+    retries it); the records of shards attempted again this run and done now are removed."""
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    failing = {f["shard"]: f for f in failed if f["shard"] != "*"}
+    for loc, _ in out.child("failed").list_files():
+        sid = loc.relative_to(out.child("failed")).removesuffix(".json")
+        if sid in attempted and sid not in failing:
+            loc.delete()
+    for sid, f in failing.items():
+        failed_file(out, sid).write_text(json.dumps({**f, "run_id": run_id, "at": now}, indent=1), tmp_dir(out))

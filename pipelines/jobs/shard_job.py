@@ -32,7 +32,8 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp, done_shard_ids,  # noqa: F401
-                                    done_shards, marker_file, rejects_file, rows_file, tmp_dir)
+                                    done_shards, marker_file, record_failures, rejects_file, rows_file,
+                                    tmp_dir)
 from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
@@ -75,7 +76,7 @@ class ShardJobConfig:
     address: str | None = None  # Ray address; None starts a local Ray for this job
     progress_interval: float = 2.0  # seconds between progress lines
     on_changed: str = "redo"  # a done shard whose input changed since: redo (default) | refuse
-    max_shard_retries: int = 3  # retries of a shard whose actor died (a poison shard must not loop forever)
+    max_shard_retries: int = 2  # retries of a shard whose actor died; then it is recorded as failed (a poison shard)
     wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
     lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
 
@@ -91,6 +92,8 @@ class ShardJobConfig:
         if self.wait_lease < 0 or self.lease_seconds <= 0:
             raise ValueError(f"wait_lease must be >= 0 and lease_seconds > 0, got {self.wait_lease}, "
                              f"{self.lease_seconds}")
+        if self.max_shard_retries < 0:
+            raise ValueError(f"max_shard_retries must be >= 0, got {self.max_shard_retries}")
         if self.max_reads_in_flight < 0:
             raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
 
@@ -250,6 +253,10 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     if not log.isEnabledFor(logging.INFO):  # Ray Data's plan/finish INFO lines only with -v
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    # a shard that killed its actor on every attempt is an errored block: skipped (the driver records it
+    # as failed), the other shards go on; each shard can err once, so the budget is the number of shards.
+    # Set before the dataset is built: a Dataset keeps the context of its creation.
+    budget, ctx.max_errored_blocks = ctx.max_errored_blocks, len(pending)
     reads = min(cfg.max_reads_in_flight or 2 * cfg.actors, len(pending))  # never more read tasks than shards
     items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
@@ -264,10 +271,15 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
             _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri,
                                                  "run_id": run_id},
             batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+            # one shard per actor at a time: an actor killed by a poison shard takes no innocent queued shard
+            # with it (each would spend a retry); the next shard's read still overlaps in the read tasks
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=1),
             max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
         )
-    yield from ds.iter_rows()
+    try:
+        yield from ds.iter_rows()
+    finally:
+        ctx.max_errored_blocks = budget
 
 
 def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:
@@ -307,19 +319,29 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     if pending:
         started = _start_ray(cfg.address)
         try:
+            returned = set()
             for result in _stream(job, cfg, options, pending, lease.run_id):
+                returned.add(result["shard"])
                 if result["error"]:
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
                                 failed=bool(result["error"]))
-        except Exception as e:  # noqa: BLE001 -- e.g. a shard that kept killing its actor: finished shards stay done
+        except Exception as e:  # noqa: BLE001 -- e.g. the cluster went away: finished shards stay done
             log.error("%s: the Ray job stopped: %s", job.name, e)
             failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+        else:
+            lost = [s for s in pending if s.id not in returned]  # its actor (or read task) died every time
+            for s in lost:
+                failed.append({"shard": s.id, "error": f"lost: the process working on it died on each of its "
+                                                       f"{cfg.max_shard_retries + 1} attempts (a crash, os._exit "
+                                                       "or out of memory; see the Ray logs)"})
+                progress.update(0, 0, s.size, failed=True)
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
+    record_failures(out, failed, {s.id for s in pending}, lease.run_id)
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
     summary["run_id"] = lease.run_id
     summary["shards"]["changed_redone"] = len(changed)
