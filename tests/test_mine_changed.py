@@ -23,6 +23,11 @@ def test_replaced_shard_is_redone_or_refused_and_paths_are_normalised(ray_cluste
     # the same folder spelt another way is the same job
     assert main(["mine", "--input", str(tmp_path / "in") + "/", "--output", str(tmp_path / "out"), *FAST]) == 0
     assert "2 already done, 0 to do" in capsys.readouterr().out
+    # run again, a finished job writes nothing at all (no lease, no summary, no marker)
+    files = lambda: {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in (tmp_path / "out").rglob("*")}  # noqa: E731
+    before = files()
+    assert main(["mine", "--input", "in", "--output", "out", *FAST]) == 0
+    assert files() == before and "nothing to do" in capsys.readouterr().out
 
     # shard 00001 replaced by other images under the same name: redone by default, and said so
     (tmp_path / "in" / "00001.tar").write_bytes(webdataset_bytes(sample_records(7, 3, size=32)))
@@ -30,7 +35,7 @@ def test_replaced_shard_is_redone_or_refused_and_paths_are_normalised(ray_cluste
     printed = capsys.readouterr().out
     assert "1 already done, 1 to do" in printed and "1 shard changed since they were done: redone (00001)" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["shards"]["changed_redone"] == 1 and "1 changed since done and redone" in printed
+    assert summary["changed_redone"] == ["00001"] and "1 changed since done and redone" in printed
     rows = pd.read_parquet(tmp_path / "out" / "rows")
     assert sorted(rows["key"]) == ["000000000", "000000001", "000070000", "000070001", "000070002"]
 

@@ -36,6 +36,7 @@ from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp
                                     tmp_dir)
 from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
+from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
 from pipelines.io.storage import Location, StorageOptions, normalize_uri
 
@@ -114,11 +115,6 @@ def reject_schema():
     return pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
 
 
-def reason_class(reason: str) -> str:
-    """'corrupt or truncated image (broken data stream ...)' -> 'corrupt or truncated image'."""
-    return reason.split(" (", 1)[0].strip()
-
-
 # ---- Ray stages --------------------------------------------------------------------------------
 def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions) -> dict:
     """Read task: one shard -> one row holding all its records (pickled; one row cannot be split)."""
@@ -147,11 +143,12 @@ class _ShardWorker:
     def __call__(self, batch: dict) -> dict:
         results = [self._one(s, r, e, float(t)) for s, r, e, t in
                    zip(batch["shard"], batch["records"], batch["error"], batch["read_seconds"])]
-        return {k: [r[k] for r in results] for k in ("shard", "records", "rows", "rejects", "size", "error")}
+        return {k: [r[k] for r in results]
+                for k in ("shard", "records", "processed", "rows", "rejects", "size", "error")}
 
     def _one(self, shard_json: str, blob: bytes, read_error: str, read_seconds: float) -> dict:
         shard = Shard(**json.loads(shard_json))
-        base = {"shard": shard.id, "size": shard.size}
+        base = {"shard": shard.id, "size": shard.size, "processed": 0}
         if read_error:
             log.warning("shard %s failed to read: %s", shard.id, read_error)
             return {**base, "records": 0, "rows": 0, "rejects": 0, "error": read_error}
@@ -163,7 +160,9 @@ class _ShardWorker:
         except Exception as e:  # noqa: BLE001 -- the shard fails (no marker: a rerun retries it); the job goes on
             log.exception("shard %s failed", shard.id)
             return {**base, "records": len(records), "rows": 0, "rejects": 0, "error": f"{type(e).__name__}: {e}"}
-        return {**base, "records": len(records), "rows": len(rows), "rejects": len(rejects), "error": ""}
+        processed = sum(1 for r in records if not r.get("error"))  # reached the processor (the model)
+        return {**base, "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
+                "error": ""}
 
     def _process(self, shard: Shard, records: list[dict]) -> tuple[list[dict], list[dict]]:
         good = [r for r in records if not r.get("error")]
@@ -294,8 +293,29 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
+    if out.child("_job.json").exists():  # a finished job run again: read only, no lease, nothing rewritten
+        check_manifest(out, job, cfg)
+        done = done_shards(out, only={s.id for s in shards})
+        if len(done) == len(shards) and not changed_since_done(shards, done):
+            return _nothing_to_do(job, cfg, options, root, out, shards, echo)
     with Lease(out, ttl=cfg.lease_seconds).acquire(wait=cfg.wait_lease) as lease:
         return _run_leased(job, cfg, options, root, out, shards, lease, echo)
+
+
+def _nothing_to_do(job, cfg, options, root, out, shards, echo) -> dict:
+    """Every shard done and unchanged: say so. summary.json is rewritten only when it said otherwise
+    (so that it tells the last run's outcome); no data file, marker or lease is written."""
+    echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards)} already done, 0 to do")
+    summary = build_summary(job, cfg, options, shards, out, len(shards), Progress(job.name, 0, unit=job.unit), [])
+    path = out.child("summary.json")
+    try:
+        old = json.loads(path.read_text()).get("status") if path.exists() else None
+    except ValueError:
+        old = None
+    if old != summary["status"]:
+        path.write_text(json.dumps(summary, indent=1))
+    echo(format_summary(summary))
+    return summary
 
 
 def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
@@ -325,7 +345,7 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
                 if result["error"]:
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
-                                failed=bool(result["error"]))
+                                failed=bool(result["error"]), processed=int(result["processed"]))
         except Exception as e:  # noqa: BLE001 -- e.g. the cluster went away: finished shards stay done
             log.error("%s: the Ray job stopped: %s", job.name, e)
             failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
@@ -344,38 +364,7 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     record_failures(out, failed, {s.id for s in pending}, lease.run_id)
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
     summary["run_id"] = lease.run_id
-    summary["shards"]["changed_redone"] = len(changed)
+    summary["changed_redone"] = changed
     out.child("summary.json").write_text(json.dumps(summary, indent=1))
     echo(format_summary(summary))
     return summary
-
-
-def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> dict:
-    stats = done_shards(out, only={s.id for s in shards})
-    totals = {k: sum(s[k] for s in stats.values()) for k in ("records", "rows", "rejects")}
-    totals["balanced"] = totals["records"] == totals["rows"] + totals["rejects"]
-    reasons: dict[str, int] = {}
-    for s in stats.values():
-        for reason, n in s.get("reject_reasons", {}).items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    complete = len(stats) == len(shards)
-    n_failed = sum(1 for f in failed if f["shard"] != "*")  # "*": the whole Ray job stopped
-    if progress.total_shards == 0:
-        status = f"nothing to do: all {len(shards)} shards were already done"
-    else:
-        status = "complete" if complete else f"incomplete: {len(shards) - len(stats)} shards not done (rerun to retry)"
-    return {
-        "job": job.name, "unit": job.unit, "status": status, "complete": complete,
-        "input": cfg.input_uri, "output": cfg.output_uri,
-        "shards": {"total": len(shards), "done": len(stats), "failed": n_failed,
-                   "processed_this_run": progress.shards - n_failed, "skipped_already_done": skipped},
-        "totals": totals,
-        "this_run": {"records": progress.records, "rejects": progress.rejects, "seconds": round(progress.elapsed, 3),
-                     "records_per_s": round(progress.rate, 3)},
-        "reject_reasons": reasons, "failed_shards": failed, "settings": job.settings,
-        "storage": options.describe(), "ray": {"address": cfg.address or "local", "actors": cfg.actors,
-                                               "cpus_per_actor": cfg.cpus_per_actor,
-                                               "gpus_per_actor": cfg.gpus_per_actor},
-        "files": {k: out.child(k).uri for k in ("rows", "rejects", "stats")},
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
