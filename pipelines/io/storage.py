@@ -38,6 +38,7 @@ class Credentials:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # unix seconds when temporary credentials (STS, SSO) expire; None: never
 
     def __repr__(self) -> str:
         return "Credentials(<redacted>)"
@@ -78,7 +79,9 @@ class StorageOptions:
                 found = session.get_credentials()
                 if found is not None:
                     frozen = found.get_frozen_credentials()
-                    creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+                    expiry = getattr(found, "_expiry_time", None)  # RefreshableCredentials (SSO, STS, process)
+                    creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token,
+                                        expiry.timestamp() if expiry is not None else None)
         except Exception as e:  # noqa: BLE001 -- a broken profile must not print its contents
             raise StorageError(f"cannot read the AWS configuration ({type(e).__name__})") from None
         return cls(endpoint_url=endpoint, region=region, credentials=creds)

@@ -28,8 +28,10 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
     r.add_argument("--max-shard-retries", type=int, default=2, metavar="N",
                    help="retries of a shard whose worker died (crash, OOM); then it is recorded as failed "
                         "(summary, failed/<shard>.json) and the job goes on (default 2)")
-    r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
-                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+    r.add_argument("--credentials", choices=("auto", "forward", "worker"), default="auto",
+                   help="worker: each node resolves its own AWS chain (roles; nothing secret is shipped); forward: "
+                        "workers use the driver's credentials, refreshed before they expire; auto (default): "
+                        "worker with --address, forward on a local Ray")
 
 
 def actor_threads(args) -> int:
@@ -41,9 +43,11 @@ def storage_options(args):
     """The job's StorageOptions, resolved once per command from the AWS configuration and the flags."""
     from pipelines.io.storage import StorageOptions
 
+    from pipelines.jobs.credentials import resolve_mode
+
     if getattr(args, "_storage_options", None) is None:
-        args._storage_options = StorageOptions.from_env(
-            args.endpoint_url, forward_credentials=args.credentials == "forward")
+        mode = resolve_mode(args.credentials, getattr(args, "address", None))
+        args._storage_options = StorageOptions.from_env(args.endpoint_url, forward_credentials=mode == "forward")
     return args._storage_options
 
 

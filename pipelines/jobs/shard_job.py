@@ -34,6 +34,7 @@ from typing import Any, Callable
 from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp, done_shard_ids,  # noqa: F401
                                     done_shards, marker_file, record_failures, rejects_file, rows_file,
                                     tmp_dir)
+from pipelines.jobs.credentials import expiring, refreshed, start_broker
 from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
@@ -116,9 +117,10 @@ def reject_schema():
 
 
 # ---- Ray stages --------------------------------------------------------------------------------
-def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions) -> dict:
+def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions, broker=None) -> dict:
     """Read task: one shard -> one row holding all its records (pickled; one row cannot be split)."""
     shard = Shard(**json.loads(row["shard"]))
+    options = refreshed(options, broker)  # forwarded temporary credentials about to expire: fresh ones
     start = time.monotonic()
     try:
         records = list(reader(shard, options.resolve(shard.uri), **reader_kwargs))
@@ -134,8 +136,8 @@ def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: Stora
 class _ShardWorker:
     """Actor: builds the processor once, then per shard: process, check, write data, write marker."""
 
-    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str, run_id: str = ""):
-        self.job, self.options, self.run_id = job, options, run_id
+    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str, run_id: str = "", broker=None):
+        self.job, self.options, self.run_id, self.broker, self.output_uri = job, options, run_id, broker, output_uri
         self.out = options.resolve(output_uri)
         self.processor = job.processor(**job.processor_kwargs)
         self.host = socket.gethostname()
@@ -148,6 +150,9 @@ class _ShardWorker:
 
     def _one(self, shard_json: str, blob: bytes, read_error: str, read_seconds: float) -> dict:
         shard = Shard(**json.loads(shard_json))
+        if self.broker is not None:  # forwarded temporary credentials about to expire: fresh ones
+            self.options = refreshed(self.options, self.broker)
+            self.out = self.options.resolve(self.output_uri)
         base = {"shard": shard.id, "size": shard.size, "processed": 0}
         if read_error:
             log.warning("shard %s failed to read: %s", shard.id, read_error)
@@ -259,8 +264,9 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     reads = min(cfg.max_reads_in_flight or 2 * cfg.actors, len(pending))  # never more read tasks than shards
     items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    broker = start_broker(options)
     ds = ds.map(_read_stage, fn_kwargs={"reader": job.reader, "reader_kwargs": job.reader_kwargs,
-                                        "options": options},
+                                        "options": options, "broker": broker},
                 num_cpus=cfg.read_cpus, compute=ray.data.TaskPoolStrategy(size=reads))
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for max_task_retries yet, so it goes through the deprecated
@@ -268,7 +274,7 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
             _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri,
-                                                 "run_id": run_id},
+                                                 "run_id": run_id, "broker": broker},
             batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
             # one shard per actor at a time: an actor killed by a poison shard takes no innocent queued shard
             # with it (each would spend a retry); the next shard's read still overlaps in the read tasks
@@ -298,7 +304,9 @@ def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, e
         done = done_shards(out, only={s.id for s in shards})
         if len(done) == len(shards) and not changed_since_done(shards, done):
             return _nothing_to_do(job, cfg, options, root, out, shards, echo)
-    with Lease(out, ttl=cfg.lease_seconds).acquire(wait=cfg.wait_lease) as lease:
+    # the driver's lease uses the driver's own chain (refreshing itself), never frozen credentials
+    own = dataclasses.replace(options, credentials=None).resolve(cfg.output_uri)
+    with Lease(own, ttl=cfg.lease_seconds).acquire(wait=cfg.wait_lease) as lease:
         return _run_leased(job, cfg, options, root, out, shards, lease, echo)
 
 
@@ -361,6 +369,9 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
                 import ray
 
                 ray.shutdown()
+    if expiring(options):  # a long run outlived the driver's forwarded credentials: resolve them again
+        options = dataclasses.replace(options, credentials=StorageOptions.from_env(options.endpoint_url).credentials)
+        out = options.resolve(cfg.output_uri)
     record_failures(out, failed, {s.id for s in pending}, lease.run_id)
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
     summary["run_id"] = lease.run_id
