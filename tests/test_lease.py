@@ -64,13 +64,13 @@ def test_dead_owners_are_taken_over(output):
 
 def test_waiting_driver_gets_the_lease_when_the_first_ends_and_heartbeat_renews(tmp_path):
     out = Location(str(tmp_path / "out"))
-    first = Lease(out, ttl=0.6).acquire()
-    time.sleep(1.5)  # past its TTL: only the heartbeat keeps it
+    first = Lease(out, ttl=1.5).acquire()
+    time.sleep(4)  # well past its TTL: only the heartbeat (every 0.5 s) keeps it
     with pytest.raises(LeaseHeld):
-        Lease(out, ttl=0.6).acquire()
+        Lease(out, ttl=1.5).acquire()
     threading.Timer(1.0, first.release).start()
     start = time.monotonic()
-    with Lease(out, ttl=0.6).acquire(wait=20, poll=0.1) as second:
+    with Lease(out, ttl=1.5).acquire(wait=20, poll=0.1) as second:
         assert lease_owner(out) == second.run_id and 0.8 < time.monotonic() - start < 10
 
 

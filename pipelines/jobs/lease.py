@@ -261,10 +261,11 @@ class Lease:
                     raise LeaseHeld(f"{self.out.uri} is being written by another driver ({describe(record or {})}); "
                                     f"wait for it, or pass --wait-lease SECONDS")
                 time.sleep(poll)
-        except OSError as e:
-            if isinstance(e, StorageError):
-                raise
-            raise StorageError(f"{self.out.child(LEASE_NAME).uri}: cannot take the lease ({type(e).__name__})") from None
+        except (LeaseHeld, StorageError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- OSError locally, botocore errors on S3 (no bucket, access denied)
+            code = getattr(e, "response", {}).get("Error", {}).get("Code") or type(e).__name__
+            raise StorageError(f"{self.out.child(LEASE_NAME).uri}: cannot take the lease ({code})") from None
         self._thread = threading.Thread(target=self._heartbeat, name="promptmine-lease", daemon=True)
         self._thread.start()
         return self

@@ -35,7 +35,7 @@ from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp
                                     done_shards, marker_file, record_failures, rejects_file, rows_file,
                                     tmp_dir)
 from pipelines.jobs.credentials import expiring, refreshed, start_broker
-from pipelines.jobs.lease import Lease, LeaseLost, lease_owner
+from pipelines.jobs.lease import Lease, LeaseHeld, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
@@ -369,6 +369,9 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
                 import ray
 
                 ray.shutdown()
+    if lease.lost:  # another driver took the output over (this one stalled past the TTL): leave it its summary
+        raise LeaseHeld(f"{out.uri}: this driver's lease was taken over by another driver during the run; "
+                        "shards it finished stay done, its summary is not written")
     if expiring(options):  # a long run outlived the driver's forwarded credentials: resolve them again
         options = dataclasses.replace(options, credentials=StorageOptions.from_env(options.endpoint_url).credentials)
         out = options.resolve(cfg.output_uri)
