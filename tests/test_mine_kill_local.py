@@ -22,8 +22,8 @@ def _read_all(out) -> int:
     """Rows as each reader sees them (raises if one cannot read a folder)."""
     counts = set()
     for kind in ("rows", "rejects"):
-        if not (out / kind).exists():
-            continue
+        if not list((out / kind).rglob("*.parquet")) if (out / kind).exists() else True:
+            continue  # no file yet (an empty folder is not what this test is about)
         counts.add(("pandas", kind, len(pd.read_parquet(out / kind))))
         counts.add(("pyarrow", kind, pads.dataset(str(out / kind)).count_rows()))
         try:

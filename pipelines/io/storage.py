@@ -252,15 +252,16 @@ class Location:
         tmp = None
         try:
             if self.scheme == "file":
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
                 tag = uuid.uuid4().hex[:8]
                 if tmp_dir is not None:
                     os.makedirs(tmp_dir.path, exist_ok=True)
                     tmp = os.path.join(tmp_dir.path, f"{tag}-{posixpath.basename(self.path)}")
                 else:
+                    os.makedirs(os.path.dirname(self.path), exist_ok=True)
                     tmp = os.path.join(os.path.dirname(self.path), f".{posixpath.basename(self.path)}.tmp-{tag}")
                 with open(tmp, "wb") as f:
                     f.write(data)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)  # only now: no long-empty folder for readers
                 os.replace(tmp, self.path)
                 tmp = None
             else:
