@@ -57,5 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m pipelines.cli: run the imported module's main, so that the CLIError
+    from pipelines.cli import main as _main  # the job modules raise is the one caught there
+
+    sys.exit(_main())

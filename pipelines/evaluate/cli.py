@@ -34,12 +34,11 @@ def run_eval_job(job, args, metrics_fn, echo=print) -> int:
     def write_metrics(summary: dict) -> None:
         if not summary["totals"]["rows"]:
             return
-        import pyarrow.dataset as pads
+        from pipelines.jobs.markers import read_done
 
         out = storage_options(args).resolve(args.output)
         columns = [c for c in job.row_schema().names if not c.endswith("image")]
-        df = pads.dataset(out.child("rows").path, filesystem=out.fs, format="parquet").to_table(
-            columns=columns).to_pandas()
+        df = read_done(out, "rows", columns=columns).to_pandas()  # done shards only
         summary["metrics"] = metrics_fn(df)
         out.child("metrics.json").write_text(json.dumps(summary["metrics"], indent=1))
         out.child("summary.json").write_text(json.dumps(summary, indent=1))

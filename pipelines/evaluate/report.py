@@ -35,14 +35,14 @@ HIDDEN = ("shard", "seconds", "token_ids")
 
 def load_rows(out, limit: int, sort: str | None):
     """(kind, rows as pandas sorted and cut to ``limit``, total rows, metrics, reject reasons)."""
-    import pyarrow.dataset as pads
+    from pipelines.jobs.markers import read_done
 
     manifest = out.child("_job.json")
     kind = json.loads(manifest.read_text()).get("job", "?") if manifest.exists() else "?"
-    rows_dir = out.child("rows")
-    if not rows_dir.list_files():
+    table = read_done(out, "rows")  # only shards with a done marker: never a half-finished rerun's files
+    if table is None:
         raise ValueError(f"{out.uri}: no rows/ folder with Parquet files (is it a promptmine job output?)")
-    df = pads.dataset(rows_dir.path, filesystem=out.fs, format="parquet").to_table().to_pandas()
+    df = table.to_pandas()
     metrics = json.loads(out.child("metrics.json").read_text()) if out.child("metrics.json").exists() else {}
     summary = json.loads(out.child("summary.json").read_text()) if out.child("summary.json").exists() else {}
     key = sort or KINDS.get(kind, (None, []))[0]

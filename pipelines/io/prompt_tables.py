@@ -70,9 +70,15 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
     root, files = root.input_files()  # a folder/prefix, or one file
     if not files:
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
-    rels = [(loc, size, loc.relative_to(root)) for loc, size in files]
+    rels = [(loc, (size, mtime), loc.relative_to(root)) for loc, size, mtime in files]
     if any(rel.startswith("rows/") for _, _, rel in rels):  # a promptmine job's output: its rows are the table
-        rels = [(loc, size, rel[len("rows/"):]) for loc, size, rel in rels if rel.startswith("rows/")]
+        done = None
+        if any(rel == "_job.json" for _, _, rel in rels):  # only its shards with a done marker
+            from pipelines.jobs.markers import done_data_files
+
+            done = {loc.path for loc in done_data_files(root, "rows").values()}
+        rels = [(loc, size, rel[len("rows/"):]) for loc, size, rel in rels
+                if rel.startswith("rows/") and (done is None or loc.path in done)]
     shards = {}
     for loc, size, rel in rels:
         if any(part.startswith((".", "_")) for part in rel.split("/")):  # _SUCCESS, .crc, hidden files
@@ -84,7 +90,7 @@ def find_tables(root: Location, fmt: str = "auto", rows_per_shard: int = 0) -> l
         if sid in shards:
             raise ShardError(f"{root.uri}: two tables share the shard name {sid!r} "
                              f"({posixpath.basename(shards[sid].uri)} and {loc.name})")
-        shards[sid] = Shard(sid, loc.uri, kind, size)
+        shards[sid] = Shard(sid, loc.uri, kind, *size)  # size, mtime
     if not shards:
         raise ShardError(f"{root.uri}: no Parquet, CSV or JSON Lines files found (format {fmt})")
     found = [shards[k] for k in sorted(shards)]
@@ -118,7 +124,7 @@ def _row_group_parts(shard: Shard, loc: Location, rows_per_shard: int) -> list[S
             start, first = g + 1, rows
     if len(runs) <= 1:
         return [shard]
-    return [Shard(f"{shard.id}@{k:05d}", f"{shard.uri}#rg={a}-{b}&row={row}", "parquet", size)
+    return [Shard(f"{shard.id}@{k:05d}", f"{shard.uri}#rg={a}-{b}&row={row}", "parquet", size, shard.mtime)
             for k, (a, b, row, size) in enumerate(runs)]
 
 

@@ -42,7 +42,8 @@ class Shard:
     id: str  # stable name, relative to the input root without extension ("part1/00003"); names outputs
     uri: str  # the tar/parquet file, or the folder of images
     format: str  # webdataset | parquet | folder
-    size: int = 0  # bytes (for progress estimates)
+    size: int = 0  # bytes (for progress estimates; with mtime, recorded in the done marker)
+    mtime: int = 0  # modification time in ns as the store lists it (folders: the newest file); 0 = unknown
 
 
 # ---- discovery -------------------------------------------------------------------------------
@@ -65,21 +66,22 @@ def find_shards(root: Location, fmt: str = "auto") -> list[Shard]:
     root, files = root.input_files()  # a folder/prefix, or one file
     if not files:
         raise ShardError(f"{root.uri}: no such file or folder, or it is empty")
-    tars, parquets, image_dirs = {}, {}, {}
-    for loc, size in files:
+    tars, parquets, image_dirs, image_mtimes = {}, {}, {}, {}
+    for loc, size, mtime in files:
         rel = loc.relative_to(root)
         base = posixpath.basename(rel)
         if base.startswith((".", "_")):
             continue
         ext = _ext(base)
         if ext in ("tar", "tar.gz", "tgz") and fmt in ("auto", "webdataset"):
-            tars[_strip(rel)] = Shard(_strip(rel), loc.uri, "webdataset", size)
+            tars[_strip(rel)] = Shard(_strip(rel), loc.uri, "webdataset", size, mtime)
         elif ext == "parquet" and fmt in ("auto", "parquet"):
-            parquets[_strip(rel)] = Shard(_strip(rel), loc.uri, "parquet", size)
+            parquets[_strip(rel)] = Shard(_strip(rel), loc.uri, "parquet", size, mtime)
         elif ext.rsplit(".", 1)[-1] in IMAGE_EXTS and fmt in ("auto", "folder"):
             folder = posixpath.dirname(rel)
             image_dirs.setdefault(folder, 0)
             image_dirs[folder] += size
+            image_mtimes[folder] = max(image_mtimes.get(folder, 0), mtime)
     shards = dict(tars)
     for sid, shard in parquets.items():  # img2dataset writes metadata <shard>.parquet beside <shard>.tar
         if sid not in tars:
@@ -88,7 +90,7 @@ def find_shards(root: Location, fmt: str = "auto") -> list[Shard]:
         sid = folder or (root.name or "images")
         if sid in shards:
             raise ShardError(f"{root.uri}: folder shard {sid!r} collides with a file shard of the same name")
-        shards[sid] = Shard(sid, root.child(folder).uri if folder else root.uri, "folder", size)
+        shards[sid] = Shard(sid, root.child(folder).uri if folder else root.uri, "folder", size, image_mtimes[folder])
     if not shards:
         raise ShardError(f"{root.uri}: no WebDataset tars, Parquet files or images found (format {fmt})")
     return [shards[k] for k in sorted(shards)]

@@ -38,6 +38,7 @@ class Credentials:
     access_key: str = field(repr=False)
     secret_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
+    expires_at: float | None = None  # unix seconds when temporary credentials (STS, SSO) expire; None: never
 
     def __repr__(self) -> str:
         return "Credentials(<redacted>)"
@@ -78,7 +79,9 @@ class StorageOptions:
                 found = session.get_credentials()
                 if found is not None:
                     frozen = found.get_frozen_credentials()
-                    creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+                    expiry = getattr(found, "_expiry_time", None)  # RefreshableCredentials (SSO, STS, process)
+                    creds = Credentials(frozen.access_key, frozen.secret_key, frozen.token,
+                                        expiry.timestamp() if expiry is not None else None)
         except Exception as e:  # noqa: BLE001 -- a broken profile must not print its contents
             raise StorageError(f"cannot read the AWS configuration ({type(e).__name__})") from None
         return cls(endpoint_url=endpoint, region=region, credentials=creds)
@@ -183,6 +186,11 @@ class Location:
 
     def list_files(self, recursive: bool = True) -> list[tuple["Location", int]]:
         """Files under this folder (sorted, with sizes); an absent folder lists as empty."""
+        return [(loc, size) for loc, size, _ in self.list_entries(recursive)]
+
+    def list_entries(self, recursive: bool = True) -> list[tuple["Location", int, int]]:
+        """Files under this folder (sorted) with size and modification time in ns (0 when the store
+        gives none): what a done marker records to tell a replaced input from the one it was made of."""
         import pyarrow.fs as pafs
 
         try:
@@ -191,14 +199,21 @@ class Location:
             raise self._wrap("list", e) from None
         files = [i for i in infos if i.type == pafs.FileType.File]
         files.sort(key=lambda i: i.path)
-        return [(self.child(posixpath.relpath(i.path, self.path)), i.size) for i in files]
+        return [(self.child(posixpath.relpath(i.path, self.path)), i.size, _mtime_ns(i)) for i in files]
 
-    def input_files(self) -> tuple["Location", list[tuple["Location", int]]]:
+    def input_files(self) -> tuple["Location", list[tuple["Location", int, int]]]:
         """An input given as a folder/prefix or as one file: (the folder that ids are relative to,
-        the files with sizes). Empty when nothing is there."""
-        if self.exists() and not self.is_dir():
-            return Location(posixpath.dirname(self.uri.rstrip("/")) or ".", self.options), [(self, 0)]
-        return self, self.list_files()
+        the files with size and mtime in ns). Empty when nothing is there."""
+        import pyarrow.fs as pafs
+
+        try:
+            info = self.fs.get_file_info(self.path)
+        except OSError as e:
+            raise self._wrap("stat", e) from None
+        if info.type == pafs.FileType.File:
+            return Location(posixpath.dirname(self.uri.rstrip("/")) or ".", self.options), [(self, info.size,
+                                                                                             _mtime_ns(info))]
+        return self, self.list_entries()
 
     # ---- reads ----
     @contextlib.contextmanager
@@ -225,25 +240,42 @@ class Location:
             return self.fs.open_input_stream(self.path)
 
     # ---- writes ----
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes, tmp_dir: "Location | None" = None) -> None:
         """Write the whole object at once: on S3 one PUT (an object appears complete or not at all);
         locally a temporary file renamed into place. A half-written file is never visible, and a
-        rerun replaces the file instead of appending to it."""
+        rerun replaces the file instead of appending to it.
+
+        Locally the temporary file goes to ``tmp_dir`` (a folder on the same filesystem that readers
+        do not scan, e.g. OUTPUT/_tmp), else beside the target as a hidden ``.name.tmp-*`` file
+        (which pandas, pyarrow datasets and ``*.parquet`` globs skip): a write killed mid-way never
+        leaves a partial file where readers look."""
+        tmp = None
         try:
             if self.scheme == "file":
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                tmp = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+                tag = uuid.uuid4().hex[:8]
+                if tmp_dir is not None:
+                    os.makedirs(tmp_dir.path, exist_ok=True)
+                    tmp = os.path.join(tmp_dir.path, f"{tag}-{posixpath.basename(self.path)}")
+                else:
+                    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                    tmp = os.path.join(os.path.dirname(self.path), f".{posixpath.basename(self.path)}.tmp-{tag}")
                 with open(tmp, "wb") as f:
                     f.write(data)
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)  # only now: no long-empty folder for readers
                 os.replace(tmp, self.path)
+                tmp = None
             else:
                 with self.fs.open_output_stream(self.path) as f:
                     f.write(data)
         except OSError as e:
             raise self._wrap("write", e) from None
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
 
-    def write_text(self, text: str) -> None:
-        self.write_bytes(text.encode())
+    def write_text(self, text: str, tmp_dir: "Location | None" = None) -> None:
+        self.write_bytes(text.encode(), tmp_dir)
 
     def read_text(self) -> str:
         return self.read_bytes().decode()
@@ -255,6 +287,20 @@ class Location:
             pass
         except OSError as e:
             raise self._wrap("delete", e) from None
+
+
+def _mtime_ns(info) -> int:
+    try:
+        return int(info.mtime_ns or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def normalize_uri(uri: str) -> str:
+    """One spelling per location, for comparing: an absolute local path, or ``s3://bucket/prefix``
+    without a trailing slash (``./in``, ``in/`` and ``/abs/in`` are the same folder)."""
+    scheme, path = split_uri(uri)
+    return path if scheme == "file" else f"s3://{path}"
 
 
 def _reason(e: Exception, credentials: Credentials | None = None) -> str:

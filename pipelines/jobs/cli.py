@@ -20,8 +20,18 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
     r.add_argument("--address", metavar="RAY_ADDRESS",
                    help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray")
     r.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, SeaweedFS); default: $AWS_ENDPOINT_URL")
-    r.add_argument("--credentials", choices=("forward", "worker"), default="forward",
-                   help="forward: workers use the driver's AWS credentials; worker: each node's own chain (roles)")
+    r.add_argument("--wait-lease", type=float, default=0.0, metavar="SECONDS",
+                   help="if another driver is running on --output, wait up to this long for it (default 0: refuse)")
+    r.add_argument("--on-changed", choices=("redo", "refuse"), default="redo",
+                   help="a done shard whose input changed since (size or modification time): redo it (default) "
+                        "or refuse to run")
+    r.add_argument("--max-shard-retries", type=int, default=2, metavar="N",
+                   help="retries of a shard whose worker died (crash, OOM); then it is recorded as failed "
+                        "(summary, failed/<shard>.json) and the job goes on (default 2)")
+    r.add_argument("--credentials", choices=("auto", "forward", "worker"), default="auto",
+                   help="worker: each node resolves its own AWS chain (roles; nothing secret is shipped); forward: "
+                        "workers use the driver's credentials, refreshed before they expire; auto (default): "
+                        "worker with --address, forward on a local Ray")
 
 
 def actor_threads(args) -> int:
@@ -33,9 +43,11 @@ def storage_options(args):
     """The job's StorageOptions, resolved once per command from the AWS configuration and the flags."""
     from pipelines.io.storage import StorageOptions
 
+    from pipelines.jobs.credentials import resolve_mode
+
     if getattr(args, "_storage_options", None) is None:
-        args._storage_options = StorageOptions.from_env(
-            args.endpoint_url, forward_credentials=args.credentials == "forward")
+        mode = resolve_mode(args.credentials, getattr(args, "address", None))
+        args._storage_options = StorageOptions.from_env(args.endpoint_url, forward_credentials=mode == "forward")
     return args._storage_options
 
 
@@ -44,7 +56,9 @@ def job_config(args, input_format: str = "auto"):
 
     cpus = args.cpus_per_actor if args.cpus_per_actor is not None else (1.0 if args.gpus_per_actor else 0.5)
     return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
-                          gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address)
+                          gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address,
+                          wait_lease=args.wait_lease, on_changed=args.on_changed,
+                          max_shard_retries=args.max_shard_retries)
 
 
 def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:

@@ -28,14 +28,16 @@ class Progress:
     shards: int = 0
     records: int = 0
     rejects: int = 0
+    processed: int = 0  # records that reached the processor (rejects found while reading never do)
     failed: int = 0
     bytes_done: int = 0
     started: float = field(default_factory=time.monotonic)
     _last: float = 0.0
 
-    def update(self, records: int, rejects: int, size: int, failed: bool = False) -> None:
+    def update(self, records: int, rejects: int, size: int, failed: bool = False, processed: int | None = None) -> None:
         self.shards += 1
         self.records += records
+        self.processed += records if processed is None else processed
         self.rejects += rejects
         self.bytes_done += size
         self.failed += int(failed)
@@ -50,6 +52,11 @@ class Progress:
 
     @property
     def rate(self) -> float:
+        """Throughput: records processed (by the model) per second."""
+        return self.processed / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def records_rate(self) -> float:
         return self.records / self.elapsed if self.elapsed > 0 else 0.0
 
     def eta(self) -> float | None:
@@ -63,7 +70,7 @@ class Progress:
         eta = self.eta()
         failed = f", {self.failed} failed" if self.failed else ""
         return (f"{self.name}: {self.shards}/{self.total_shards} shards{failed}, {self.records:,} {self.unit} "
-                f"({self.rejects:,} rejected), {self.rate:.1f} {self.unit}/s, "
+                f"({self.rejects:,} rejected), {self.rate:.1f} {self.unit}/s processed, "
                 f"elapsed {_duration(self.elapsed)}, ETA {_duration(eta) if eta is not None else '?'}")
 
 
@@ -78,13 +85,20 @@ def format_summary(summary: dict) -> str:
         f"  input     {summary['input']}",
         f"  output    {summary['output']}  (rows/, rejects/, stats/, summary.json)",
         f"  shards    {sh['done']}/{sh['total']} done, {sh['processed_this_run']} this run, "
-        f"{sh['skipped_already_done']} already done, {sh['failed']} failed",
+        f"{sh['skipped_already_done']} already done, {sh['failed']} failed"
+        + (f", {len(summary['changed_redone'])} changed since done and redone" if summary.get("changed_redone")
+           else ""),
         f"  records   {t['records']:,} in = {t['rows']:,} rows + {t['rejects']:,} rejects  (balanced: {balance})",
-        f"  this run  {run['records']:,} records in {_duration(run['seconds'])}, {run['records_per_s']:.2f} {unit}/s",
+        f"  this run  {run['records']:,} records in {_duration(run['seconds'])}, "
+        f"{run.get('processed', run['records']):,} {unit} processed: "
+        f"{run.get('processed_per_s', run['records_per_s']):.2f} {unit}/s",
     ]
     if summary.get("reject_reasons"):
-        top = sorted(summary["reject_reasons"].items(), key=lambda kv: -kv[1])[:5]
-        lines.append("  rejects   " + "; ".join(f"{n} x {reason}" for reason, n in top))
+        reasons = {k: n for k, n in summary["reject_reasons"].items() if k != "(more kinds)"}
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:5]
+        kinds = summary.get("reject_kinds", len(reasons))
+        more = f"; and {kinds - len(top)} more kinds (summary.json)" if kinds > len(top) else ""
+        lines.append("  rejects   " + "; ".join(f"{n} x {reason}" for reason, n in top) + more)
     for f in summary.get("failed_shards", [])[:5]:
         lines.append(f"  FAILED    {f['shard']}: {f['error']}")
     if len(summary.get("failed_shards", [])) > 5:

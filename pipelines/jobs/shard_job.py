@@ -31,13 +31,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp, done_shard_ids,  # noqa: F401
+                                    done_shards, marker_file, record_failures, rejects_file, rows_file,
+                                    tmp_dir)
+from pipelines.jobs.credentials import expiring, refreshed, start_broker
+from pipelines.jobs.lease import Lease, LeaseHeld, LeaseLost, lease_owner
 from pipelines.jobs.progress import Progress, format_summary
+from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
-from pipelines.io.storage import Location, StorageOptions
+from pipelines.io.storage import Location, StorageOptions, normalize_uri
 
 log = logging.getLogger(__name__)
 
-MARKER_SUFFIX = "_stats.json"
 REJECT_FIELDS = ("key", "shard", "reason")
 
 
@@ -72,7 +77,10 @@ class ShardJobConfig:
     input_format: str = "auto"  # auto | webdataset | parquet | folder
     address: str | None = None  # Ray address; None starts a local Ray for this job
     progress_interval: float = 2.0  # seconds between progress lines
-    max_shard_retries: int = 3  # retries of a shard whose actor died (a poison shard must not loop forever)
+    on_changed: str = "redo"  # a done shard whose input changed since: redo (default) | refuse
+    max_shard_retries: int = 2  # retries of a shard whose actor died; then it is recorded as failed (a poison shard)
+    wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
+    lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
 
     def __post_init__(self):
         if self.actors < 1:
@@ -81,42 +89,15 @@ class ShardJobConfig:
             raise ValueError("cpus_per_actor, gpus_per_actor and read_cpus must be >= 0")
         if self.cpus_per_actor == 0 and self.gpus_per_actor == 0:
             raise ValueError("an actor needs some CPU or GPU (cpus_per_actor or gpus_per_actor > 0)")
+        if self.on_changed not in ("redo", "refuse"):
+            raise ValueError(f"on_changed must be redo or refuse, got {self.on_changed!r}")
+        if self.wait_lease < 0 or self.lease_seconds <= 0:
+            raise ValueError(f"wait_lease must be >= 0 and lease_seconds > 0, got {self.wait_lease}, "
+                             f"{self.lease_seconds}")
+        if self.max_shard_retries < 0:
+            raise ValueError(f"max_shard_retries must be >= 0, got {self.max_shard_retries}")
         if self.max_reads_in_flight < 0:
             raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
-
-
-# ---- output layout ---------------------------------------------------------------------------
-def rows_file(out: Location, shard_id: str) -> Location:
-    return out.child("rows", f"{shard_id}.parquet")
-
-
-def rejects_file(out: Location, shard_id: str) -> Location:
-    return out.child("rejects", f"{shard_id}.parquet")
-
-
-def marker_file(out: Location, shard_id: str) -> Location:
-    return out.child("stats", f"{shard_id}{MARKER_SUFFIX}")
-
-
-def done_shard_ids(out: Location) -> dict[str, Location]:
-    """shard id -> its marker, for every shard with a done marker (one listing, no reads)."""
-    stats_dir = out.child("stats")
-    done = {}
-    for loc, _ in stats_dir.list_files():
-        rel = loc.relative_to(stats_dir)
-        if rel.endswith(MARKER_SUFFIX):
-            done[rel[: -len(MARKER_SUFFIX)]] = loc
-    return done
-
-
-def done_shards(out: Location, only: set[str] | None = None) -> dict[str, dict]:
-    """shard id -> its stats (markers read in parallel: a big job has many thousands)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    markers = {k: v for k, v in done_shard_ids(out).items() if only is None or k in only}
-    with ThreadPoolExecutor(max_workers=32) as pool:
-        texts = pool.map(lambda loc: loc.read_text(), markers.values())
-        return {k: json.loads(t) for k, t in zip(markers, texts)}
 
 
 def _parquet_bytes(rows: list[dict], schema) -> bytes:
@@ -135,15 +116,11 @@ def reject_schema():
     return pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
 
 
-def reason_class(reason: str) -> str:
-    """'corrupt or truncated image (broken data stream ...)' -> 'corrupt or truncated image'."""
-    return reason.split(" (", 1)[0].strip()
-
-
 # ---- Ray stages --------------------------------------------------------------------------------
-def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions) -> dict:
+def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions, broker=None) -> dict:
     """Read task: one shard -> one row holding all its records (pickled; one row cannot be split)."""
     shard = Shard(**json.loads(row["shard"]))
+    options = refreshed(options, broker)  # forwarded temporary credentials about to expire: fresh ones
     start = time.monotonic()
     try:
         records = list(reader(shard, options.resolve(shard.uri), **reader_kwargs))
@@ -159,8 +136,8 @@ def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: Stora
 class _ShardWorker:
     """Actor: builds the processor once, then per shard: process, check, write data, write marker."""
 
-    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str):
-        self.job, self.options = job, options
+    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str, run_id: str = "", broker=None):
+        self.job, self.options, self.run_id, self.broker, self.output_uri = job, options, run_id, broker, output_uri
         self.out = options.resolve(output_uri)
         self.processor = job.processor(**job.processor_kwargs)
         self.host = socket.gethostname()
@@ -168,11 +145,15 @@ class _ShardWorker:
     def __call__(self, batch: dict) -> dict:
         results = [self._one(s, r, e, float(t)) for s, r, e, t in
                    zip(batch["shard"], batch["records"], batch["error"], batch["read_seconds"])]
-        return {k: [r[k] for r in results] for k in ("shard", "records", "rows", "rejects", "size", "error")}
+        return {k: [r[k] for r in results]
+                for k in ("shard", "records", "processed", "rows", "rejects", "size", "error")}
 
     def _one(self, shard_json: str, blob: bytes, read_error: str, read_seconds: float) -> dict:
         shard = Shard(**json.loads(shard_json))
-        base = {"shard": shard.id, "size": shard.size}
+        if self.broker is not None:  # forwarded temporary credentials about to expire: fresh ones
+            self.options = refreshed(self.options, self.broker)
+            self.out = self.options.resolve(self.output_uri)
+        base = {"shard": shard.id, "size": shard.size, "processed": 0}
         if read_error:
             log.warning("shard %s failed to read: %s", shard.id, read_error)
             return {**base, "records": 0, "rows": 0, "rejects": 0, "error": read_error}
@@ -184,7 +165,9 @@ class _ShardWorker:
         except Exception as e:  # noqa: BLE001 -- the shard fails (no marker: a rerun retries it); the job goes on
             log.exception("shard %s failed", shard.id)
             return {**base, "records": len(records), "rows": 0, "rejects": 0, "error": f"{type(e).__name__}: {e}"}
-        return {**base, "records": len(records), "rows": len(rows), "rejects": len(rejects), "error": ""}
+        processed = sum(1 for r in records if not r.get("error"))  # reached the processor (the model)
+        return {**base, "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
+                "error": ""}
 
     def _process(self, shard: Shard, records: list[dict]) -> tuple[list[dict], list[dict]]:
         good = [r for r in records if not r.get("error")]
@@ -201,22 +184,28 @@ class _ShardWorker:
         reasons: dict[str, int] = {}
         for r in rejects:
             reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
-        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()))
-        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()))
-        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size,
+        if self.run_id and lease_owner(self.out) != self.run_id:  # fencing: never write over a new owner's shards
+            raise LeaseLost(f"{self.out.uri}: this run ({self.run_id}) no longer holds the output's lease")
+        tmp = tmp_dir(self.out)
+        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
+        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
+        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size, "mtime": shard.mtime,
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
-                 "worker": self.host, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1))  # last: the done marker
+                 "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1), tmp)  # last: the done marker
 
 
 # ---- driver ------------------------------------------------------------------------------------
 def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
     """Write _job.json on the first run; refuse a rerun whose input or settings differ."""
     manifest = out.child("_job.json")
-    mine = {"job": job.name, "input": cfg.input_uri, "format": cfg.input_format, "settings": job.settings}
+    mine = {"job": job.name, "input": normalize_uri(cfg.input_uri), "format": cfg.input_format,
+            "settings": job.settings}
     if manifest.exists():
         old = json.loads(manifest.read_text())
+        if isinstance(old.get("input"), str):  # written by a version that kept the URI as typed
+            old["input"] = normalize_uri(old["input"])
         diff = [k for k in ("job", "input", "format") if old.get(k) != mine[k]]
         diff += [f"settings.{k}" for k in sorted(set(old.get("settings", {})) | set(job.settings))
                  if old.get("settings", {}).get(k) != job.settings.get(k)]
@@ -227,6 +216,16 @@ def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
         return
     manifest.write_text(json.dumps({**mine, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                    indent=1))
+
+
+def _count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _some(items: list, n: int = 5) -> str:
+    """The first ``n`` items, then 'and N more' (a cut list always says so)."""
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(map(str, items[:n])) + more
 
 
 def _get(d: dict, dotted: str):
@@ -249,7 +248,7 @@ def _start_ray(address: str | None):
     return True
 
 
-def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending: list[Shard], progress: Progress):
+def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending: list[Shard], run_id: str):
     """Run the pending shards through Ray Data; yields each shard's result row as it finishes."""
     import ray
 
@@ -258,87 +257,128 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
     if not log.isEnabledFor(logging.INFO):  # Ray Data's plan/finish INFO lines only with -v
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
+    # a shard that killed its actor on every attempt is an errored block: skipped (the driver records it
+    # as failed), the other shards go on; each shard can err once, so the budget is the number of shards.
+    # Set before the dataset is built: a Dataset keeps the context of its creation.
+    budget, ctx.max_errored_blocks = ctx.max_errored_blocks, len(pending)
     reads = min(cfg.max_reads_in_flight or 2 * cfg.actors, len(pending))  # never more read tasks than shards
     items = [{"shard": json.dumps(dataclasses.asdict(s))} for s in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
+    broker = start_broker(options)
     ds = ds.map(_read_stage, fn_kwargs={"reader": job.reader, "reader_kwargs": job.reader_kwargs,
-                                        "options": options},
+                                        "options": options, "broker": broker},
                 num_cpus=cfg.read_cpus, compute=ray.data.TaskPoolStrategy(size=reads))
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for max_task_retries yet, so it goes through the deprecated
         # ray_remote_args (removed in 2.64; pyproject pins 2.60.0): keep that warning out of users' logs.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         ds = ds.map_batches(
-            _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri},
+            _ShardWorker, fn_constructor_kwargs={"job": job, "options": options, "output_uri": cfg.output_uri,
+                                                 "run_id": run_id, "broker": broker},
             batch_size=1, batch_format="numpy", num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-            compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=2),
+            # one shard per actor at a time: an actor killed by a poison shard takes no innocent queued shard
+            # with it (each would spend a retry); the next shard's read still overlaps in the read tasks
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors, max_tasks_in_flight_per_actor=1),
             max_task_retries=cfg.max_shard_retries,  # a lost actor is restarted and its shard retried, boundedly
         )
-    yield from ds.iter_rows()
+    try:
+        yield from ds.iter_rows()
+    finally:
+        ctx.max_errored_blocks = budget
 
 
 def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:
-    """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json)."""
+    """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json).
+
+    The whole run holds the output's lease (lease.py): a second driver on the same output waits
+    ``cfg.wait_lease`` seconds or refuses (LeaseHeld)."""
+    # one spelling per location: absolute local paths (Ray workers run in other folders), s3://b/p
+    cfg = dataclasses.replace(cfg, input_uri=normalize_uri(cfg.input_uri), output_uri=normalize_uri(cfg.output_uri))
     root, out = options.resolve(cfg.input_uri), options.resolve(cfg.output_uri)
     shards = job.find(root, cfg.input_format)
     ids = [s.id for s in shards]
     if len(set(ids)) != len(ids):
         raise ShardError(f"{root.uri}: two shards share a name (e.g. a.tar and a.parquet)")
+    if out.child("_job.json").exists():  # a finished job run again: read only, no lease, nothing rewritten
+        check_manifest(out, job, cfg)
+        done = done_shards(out, only={s.id for s in shards})
+        if len(done) == len(shards) and not changed_since_done(shards, done):
+            return _nothing_to_do(job, cfg, options, root, out, shards, echo)
+    # the driver's lease uses the driver's own chain (refreshing itself), never frozen credentials
+    own = dataclasses.replace(options, credentials=None).resolve(cfg.output_uri)
+    with Lease(own, ttl=cfg.lease_seconds).acquire(wait=cfg.wait_lease) as lease:
+        return _run_leased(job, cfg, options, root, out, shards, lease, echo)
+
+
+def _nothing_to_do(job, cfg, options, root, out, shards, echo) -> dict:
+    """Every shard done and unchanged: say so. summary.json is rewritten only when it said otherwise
+    (so that it tells the last run's outcome); no data file, marker or lease is written."""
+    echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards)} already done, 0 to do")
+    summary = build_summary(job, cfg, options, shards, out, len(shards), Progress(job.name, 0, unit=job.unit), [])
+    path = out.child("summary.json")
+    try:
+        old = json.loads(path.read_text()).get("status") if path.exists() else None
+    except ValueError:
+        old = None
+    if old != summary["status"]:
+        path.write_text(json.dumps(summary, indent=1))
+    echo(format_summary(summary))
+    return summary
+
+
+def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     check_manifest(out, job, cfg)
-    done = done_shard_ids(out)
+    clean_tmp(out)
+    done = done_shards(out, only={s.id for s in shards})
+    changed = changed_since_done(shards, done)
+    if changed and cfg.on_changed == "refuse":
+        raise JobConflict(f"{out.uri}: {_count(changed, 'shard')} changed since they were done "
+                          f"({_some(changed)}); rerun with --on-changed redo to redo them")
+    for sid in changed:  # not done any more: if the redo fails, the next run retries it
+        marker_file(out, sid).delete()
+        done.pop(sid)
     pending = [s for s in shards if s.id not in done]
     echo(f"{job.name}: {len(shards)} shards in {root.uri}: {len(shards) - len(pending)} already done, "
          f"{len(pending)} to do")
+    if changed:
+        echo(f"{job.name}: {_count(changed, 'shard')} changed since they were done: redone ({_some(changed)})")
     progress = Progress(job.name, len(pending), sum(s.size for s in pending), cfg.progress_interval, unit=job.unit)
     failed = []
     if pending:
         started = _start_ray(cfg.address)
         try:
-            for result in _stream(job, cfg, options, pending, progress):
+            returned = set()
+            for result in _stream(job, cfg, options, pending, lease.run_id):
+                returned.add(result["shard"])
                 if result["error"]:
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
-                                failed=bool(result["error"]))
-        except Exception as e:  # noqa: BLE001 -- e.g. a shard that kept killing its actor: finished shards stay done
+                                failed=bool(result["error"]), processed=int(result["processed"]))
+        except Exception as e:  # noqa: BLE001 -- e.g. the cluster went away: finished shards stay done
             log.error("%s: the Ray job stopped: %s", job.name, e)
             failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
+        else:
+            lost = [s for s in pending if s.id not in returned]  # its actor (or read task) died every time
+            for s in lost:
+                failed.append({"shard": s.id, "error": f"lost: the process working on it died on each of its "
+                                                       f"{cfg.max_shard_retries + 1} attempts (a crash, os._exit "
+                                                       "or out of memory; see the Ray logs)"})
+                progress.update(0, 0, s.size, failed=True)
         finally:
             if started:
                 import ray
 
                 ray.shutdown()
+    if lease.lost:  # another driver took the output over (this one stalled past the TTL): leave it its summary
+        raise LeaseHeld(f"{out.uri}: this driver's lease was taken over by another driver during the run; "
+                        "shards it finished stay done, its summary is not written")
+    if expiring(options):  # a long run outlived the driver's forwarded credentials: resolve them again
+        options = dataclasses.replace(options, credentials=StorageOptions.from_env(options.endpoint_url).credentials)
+        out = options.resolve(cfg.output_uri)
+    record_failures(out, failed, {s.id for s in pending}, lease.run_id)
     summary = build_summary(job, cfg, options, shards, out, len(shards) - len(pending), progress, failed)
+    summary["run_id"] = lease.run_id
+    summary["changed_redone"] = changed
     out.child("summary.json").write_text(json.dumps(summary, indent=1))
     echo(format_summary(summary))
     return summary
-
-
-def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> dict:
-    stats = done_shards(out, only={s.id for s in shards})
-    totals = {k: sum(s[k] for s in stats.values()) for k in ("records", "rows", "rejects")}
-    totals["balanced"] = totals["records"] == totals["rows"] + totals["rejects"]
-    reasons: dict[str, int] = {}
-    for s in stats.values():
-        for reason, n in s.get("reject_reasons", {}).items():
-            reasons[reason] = reasons.get(reason, 0) + n
-    complete = len(stats) == len(shards)
-    n_failed = sum(1 for f in failed if f["shard"] != "*")  # "*": the whole Ray job stopped
-    if progress.total_shards == 0:
-        status = f"nothing to do: all {len(shards)} shards were already done"
-    else:
-        status = "complete" if complete else f"incomplete: {len(shards) - len(stats)} shards not done (rerun to retry)"
-    return {
-        "job": job.name, "unit": job.unit, "status": status, "complete": complete,
-        "input": cfg.input_uri, "output": cfg.output_uri,
-        "shards": {"total": len(shards), "done": len(stats), "failed": n_failed,
-                   "processed_this_run": progress.shards - n_failed, "skipped_already_done": skipped},
-        "totals": totals,
-        "this_run": {"records": progress.records, "rejects": progress.rejects, "seconds": round(progress.elapsed, 3),
-                     "records_per_s": round(progress.rate, 3)},
-        "reject_reasons": reasons, "failed_shards": failed, "settings": job.settings,
-        "storage": options.describe(), "ray": {"address": cfg.address or "local", "actors": cfg.actors,
-                                               "cpus_per_actor": cfg.cpus_per_actor,
-                                               "gpus_per_actor": cfg.gpus_per_actor},
-        "files": {k: out.child(k).uri for k in ("rows", "rejects", "stats")},
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }

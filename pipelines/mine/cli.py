@@ -59,9 +59,9 @@ def cmd_mine(args) -> int:
 
 def cmd_demo(args) -> int:
     """Write sample shards to DIR/input, mine them to DIR/output with the tiny preset, show rows."""
-    import pandas as pd
-
     from pipelines.io.samples import write_sample_shards
+    from pipelines.io.storage import Location
+    from pipelines.jobs.markers import read_done
 
     folder = Path(args.demo)
     write_sample_shards(folder / "input", shards=args.demo_shards, per_shard=args.demo_images)
@@ -69,8 +69,13 @@ def cmd_demo(args) -> int:
           f"(plus one corrupt and one caption-only record) to {folder / 'input'}")
     args.input, args.output, args.demo, args.demo_run = str(folder / "input"), str(folder / "output"), None, True
     status = cmd_mine(args)
-    rows = pd.read_parquet(folder / "output" / "rows")
-    rejects = pd.read_parquet(folder / "output" / "rejects")
+    import pandas as pd
+
+    out = Location(str(folder / "output"))
+    tables = [read_done(out, kind) for kind in ("rows", "rejects")]  # done shards only
+    if tables[0] is None:
+        return status
+    rows, rejects = (t.to_pandas() for t in tables)
     with pd.option_context("display.width", 160, "display.max_colwidth", 40):
         print(f"\nfirst rows of {folder / 'output' / 'rows'} ({len(rows)} rows):")
         print(rows[["key", "caption", "prompt", "cosine", "steps", "seconds"]].head(8).to_string(index=False))
