@@ -38,10 +38,10 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class WorldTrainConfig:
-    model: str = "promptmine-world"  # open_clip config name (pez_core/model_configs/<name>.json)
+    model: str = "promptmine-world-rn"  # open_clip config name (pez_core/model_configs/<name>.json)
     seed: int = 0  # model init and data; the data of step k comes from (seed, k) only
-    steps: int = 2000  # optimiser steps (1000-4000)
-    batch: int = 128  # global batch (64-256); split over workers by rank
+    steps: int = 1500  # optimiser steps (1000-4000)
+    batch: int = 64  # global batch (64-256); split over workers by rank
     lr: float = 2e-3  # peak AdamW lr (5e-4 - 3e-3)
     warmup: float = 0.05  # share of steps with a linear warmup; then cosine to lr_end
     lr_end: float = 0.02  # final lr as a share of the peak
@@ -51,7 +51,7 @@ class WorldTrainConfig:
     drop: float = 0.1  # chance each attribute word is left out of a caption (0-0.3)
     filler: float = 0.3  # chance a caption gets 1-3 random non-world tokens (teaches "ignore unknown words")
     aux_weight: float = 1.0  # auxiliary attribute-classification loss weight at step 0 (0 disables)
-    aux_until: float = 0.6  # share of steps over which the aux weight decays linearly to 0
+    aux_until: float = 0.8  # share of steps over which the aux weight decays linearly to 0
     threads: int = 1  # torch threads per worker
 
     def __post_init__(self):
@@ -95,8 +95,11 @@ def _labels(scene) -> dict[str, int]:
 
 
 # ---- data ----------------------------------------------------------------------------------------
+UNKNOWN_WORD = "unknown"  # the token whose embedding every non-world token shares (see tie_unknown_rows)
+
+
 class _Text:
-    """Tokenizer, the ids of world words, and the ids random filler may use."""
+    """Tokenizer, the ids the world knows (its words, glue words, start/end), and the unknown-token id."""
 
     def __init__(self):
         import open_clip
@@ -107,6 +110,11 @@ class _Text:
         specials = {self.tok.sot_token_id, self.tok.eot_token_id}
         vocab = self.tok.vocab_size if hasattr(self.tok, "vocab_size") else 49408
         self.filler_ids = np.array(sorted(set(range(vocab)) - world - glue - specials))
+        self.known = torch.zeros(vocab, dtype=torch.bool)
+        self.known[sorted(world | glue | specials)] = True
+        [self.unknown_id] = self.tok.encode(UNKNOWN_WORD)
+
+    tied = True  # filler is the unknown token (every non-world row equals it); see tie_unknown_rows
 
     def ids(self, texts: list[str], L: int, rng: random.Random, filler: float) -> torch.Tensor:
         out = torch.zeros(len(texts), L, dtype=torch.long)
@@ -114,7 +122,8 @@ class _Text:
             ids = self.tok.encode(t)
             if filler and rng.random() < filler:
                 for _ in range(rng.randint(1, 3)):
-                    ids.insert(rng.randint(0, len(ids)), int(self.filler_ids[rng.randrange(len(self.filler_ids))]))
+                    ids.insert(rng.randint(0, len(ids)), self.unknown_id if self.tied else
+                               int(self.filler_ids[rng.randrange(len(self.filler_ids))]))
             ids = [self.tok.sot_token_id] + ids[: L - 2] + [self.tok.eot_token_id]
             out[r, : len(ids)] = torch.tensor(ids)
         return out
@@ -213,7 +222,21 @@ def build_model(cfg: WorldTrainConfig) -> WorldTrainModel:
     with _quiet_random_init_warning():
         clip = open_clip.create_model(cfg.model, pretrained=None, device="cpu")
     embed = open_clip.get_model_config(cfg.model)["embed_dim"]
+    tie_unknown_rows(clip)
     return WorldTrainModel(clip, embed).train()
+
+
+@torch.no_grad()
+def tie_unknown_rows(clip: nn.Module) -> None:
+    """Give every token the world does not know the embedding of one token, ``UNKNOWN_WORD``.
+
+    The renderer ignores unknown words; so must the CLIP, or PEZ exploits the random rows of the 49k
+    tokens the world never trains (a prototype's gibberish prompts outscored the true captions). Training
+    captions carry that one unknown token as filler, so the text tower learns to ignore it; the other
+    rows get no gradient (and no weight decay), and are set equal to it again before every save."""
+    text = _text()
+    emb = clip.token_embedding.weight
+    emb[~text.known.to(emb.device)] = emb[text.unknown_id].clone()
 
 
 def build_optimiser(model: nn.Module, cfg: WorldTrainConfig) -> torch.optim.Optimizer:
@@ -311,6 +334,7 @@ def as_clip(model: nn.Module, cfg: WorldTrainConfig):
     from ..clip import ClipModel
 
     clip = getattr(getattr(model, "module", model), "clip", model)
+    tie_unknown_rows(clip)
     preprocess = open_clip.image_transform(image_size(cfg), is_train=False)
     return ClipModel(model=clip, preprocess=preprocess, tokenizer=_text().tok, name=cfg.model, device=torch.device("cpu"))
 
@@ -321,6 +345,7 @@ def save_world_clip(model: nn.Module, folder: str | Path, cfg: WorldTrainConfig,
     from ..clip import save_clip
 
     clip = as_clip(model, cfg)
+    tie_unknown_rows(clip.model)
     was = clip.model.training
     folder = save_clip(clip, folder, cfg.model, dtype=torch.float16)
     clip.model.train(was)

@@ -1,5 +1,6 @@
-"""Sample inputs for the demo, tests and benchmarks: synthetic images (deterministic per seed) and shards of
-them in the formats the readers take (WebDataset tars, img2dataset-style Parquet).
+"""Sample inputs for the demo, tests and benchmarks: scenes of promptmine's world with their captions
+(deterministic per seed) and shards of them in the formats the readers take (WebDataset tars,
+img2dataset-style Parquet).
 
 ``bad=True`` adds the kinds of bad record a real crawl has: a truncated JPEG, a non-image member named
 like an image, and a key with a caption but no image at all.
@@ -13,24 +14,25 @@ import tarfile
 from pathlib import Path
 
 
-def make_sample_image(seed: int, size: int = 224):
-    """A PIL RGB image of random coloured shapes on a gradient, the same for the same seed."""
-    from PIL import Image, ImageDraw
+def sample_scene(seed: int):
+    """The world scene of sample ``seed`` (pez_core.world: one or two objects, a background, a style)."""
+    from pez_core.world.grammar import sample_scene as draw
 
-    rng = random.Random(seed)
-    top = tuple(rng.randrange(256) for _ in range(3))
-    bottom = tuple(rng.randrange(256) for _ in range(3))
-    im = Image.new("RGB", (size, size))
-    draw = ImageDraw.Draw(im)
-    for y in range(size):
-        a = y / (size - 1)
-        draw.line([(0, y), (size, y)], fill=tuple(int(t * (1 - a) + b * a) for t, b in zip(top, bottom)))
-    for _ in range(rng.randint(2, 6)):
-        x0, y0 = rng.randrange(size), rng.randrange(size)
-        x1, y1 = x0 + rng.randint(10, size // 2), y0 + rng.randint(10, size // 2)
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=colour)
-    return im
+    return draw(random.Random(f"sample:{seed}"))
+
+
+def make_sample_image(seed: int, size: int = 224):
+    """A PIL RGB image of a world scene, the same for the same seed (its caption: :func:`sample_caption`)."""
+    from pez_core.world.render import render_scene
+
+    return render_scene(sample_scene(seed), seed, size)
+
+
+def sample_caption(seed: int) -> str:
+    """A caption of sample ``seed``'s scene (one of the world's templates and synonyms)."""
+    from pez_core.world.captions import caption
+
+    return caption(sample_scene(seed), random.Random(f"sample-caption:{seed}"))
 
 
 def write_sample_images(folder: str | Path, count: int, seed: int = 0, size: int = 224) -> list[Path]:
@@ -53,8 +55,8 @@ def sample_jpeg(seed: int, size: int = 96) -> bytes:
 
 def sample_records(shard: int, count: int, bad: bool = False, size: int = 96) -> list[dict]:
     """Records ``{"key", "caption", "jpg"}`` (``jpg`` may be None); keys are globally unique."""
-    records = [{"key": f"{shard:05d}{i:04d}", "caption": f"sample {shard}-{i}", "jpg": sample_jpeg(shard * 1000 + i, size)}
-               for i in range(count)]
+    records = [{"key": f"{shard:05d}{i:04d}", "caption": sample_caption(shard * 1000 + i),
+                "jpg": sample_jpeg(shard * 1000 + i, size)} for i in range(count)]
     if bad:
         good = sample_jpeg(shard * 1000 + 999, size)
         records += [

@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-KINDS = {"world": "promptmine-world", "world-ref": "promptmine-world-ref"}  # --kind -> open_clip config
+KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
 SEEDS = {"world": 0, "world-ref": 1}  # the shipped presets' seeds (independently seeded models)
 
 
