@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from .presets import CONFIG_DIR, PRESETS, TINY_MODEL, TINY_SEED
+from .presets import CONFIG_DIR, PRESETS, TINY_MODEL, TINY_SEED, WORLD_DIR
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,13 @@ def load_clip(
     _register_configs()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     seed = None
-    if spec in PRESETS:
+    if spec in PRESETS and PRESETS[spec].folder:
+        path = WORLD_DIR / PRESETS[spec].folder
+        if not (path / "open_clip_config.json").is_file():
+            raise FileNotFoundError(f"preset {spec!r}: its weights are missing from {path} "
+                                    f"(`promptmine world train --kind {spec} --output DIR` trains them)")
+        model_name, tag, label = f"local-dir:{path}", None, spec
+    elif spec in PRESETS:
         preset = PRESETS[spec]
         model_name, tag, label = preset.model, pretrained or preset.pretrained, spec
         seed = TINY_SEED if tag is None else None

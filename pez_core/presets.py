@@ -8,6 +8,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # open_clip configs of our own architectures
 TINY_MODEL = "promptmine-tiny"
 TINY_SEED = 0  # the `tiny` preset is random weights built under this torch seed
+WORLD_DIR = Path(__file__).parent / "world_models"  # `world` / `world-ref`: trained by `promptmine world train`
 
 
 @dataclass(frozen=True)
@@ -15,11 +16,16 @@ class Preset:
     model: str  # open_clip architecture name
     pretrained: str | None  # open_clip pretrained tag; None builds random weights (seeded)
     fits: str  # which text-to-image model's text encoder this is
+    folder: str | None = None  # weights shipped with promptmine: a save_clip folder under WORLD_DIR
 
 
 PRESETS: dict[str, Preset] = {
     "sd15": Preset("ViT-L-14", "openai", "Stable Diffusion 1.x"),
     "sd2": Preset("ViT-H-14", "laion2b_s32b_b79k", "Stable Diffusion 2.x (the paper's model)"),
     "sdxl": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder)"),
-    "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for offline demos and tests"),
+    "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for fast offline tests"),
+    "world": Preset("promptmine-world", None, "promptmine's world (its renderer): a CLIP trained offline, shipped",
+                    folder="world"),
+    "world-ref": Preset("promptmine-world-ref", None, "promptmine's world: the reference CLIP that scores "
+                        "regenerated images (other shape, other seed)", folder="world-ref"),
 }

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pez_core.presets import PRESETS
 
+OFFLINE_PRESETS = ("tiny", "world", "world-ref")  # built or shipped offline: rewrite with the tiny BLOOM
+
 
 class Limits(BaseModel):
     """Bounds on one request and the time it may take (the ingress' user_config)."""
@@ -55,11 +57,12 @@ class BatchSettings(BaseModel):
 class AppArgs(Limits):
     """Arguments of ``build_app``: models, batching, queue bounds, limits (flat), authentication."""
 
-    preset: str = Field("tiny", description="CLIP preset and default rewrite model: " + ", ".join(PRESETS)
-                        + " (tiny: random weights built offline, for demos and tests)")
+    preset: str = Field("world", description="CLIP preset and default rewrite model: " + ", ".join(PRESETS)
+                        + " (world: the shipped world CLIP; world and tiny rewrite with the tiny random BLOOM "
+                          "until a world rewriter ships)")
     rewrite_model: str | None = Field(None, description="causal LM: Hugging Face id, local folder, 'tiny', or a "
                                       "`promptmine train` output folder (local or s3://; PPO: its best/ model); "
-                                      "default: 'tiny' for preset tiny, else BeautifulPrompt's bloom-1b1")
+                                      "default: 'tiny' for presets tiny, world and world-ref, else BeautifulPrompt's bloom-1b1")
     rewrite_template: str = Field("v1", description="instruction template of the rewrite model")
     clip_model: str | None = Field(None, description="open_clip model name or folder (overrides the preset's)")
     clip_pretrained: str | None = Field(None, description="with clip_model: a pretrained tag or checkpoint file")
@@ -107,7 +110,7 @@ class AppArgs(Limits):
     def resolved_rewrite_model(self) -> str:
         from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
 
-        return self.rewrite_model or ("tiny" if self.preset == "tiny" else DEFAULT_MODEL_ID)
+        return self.rewrite_model or ("tiny" if self.preset in OFFLINE_PRESETS else DEFAULT_MODEL_ID)
 
     def resolved_clip(self) -> tuple[str, str | None]:
         return (self.clip_model, self.clip_pretrained) if self.clip_model else (self.preset, None)

@@ -12,7 +12,7 @@ from pipelines.cli import main
 from pipelines.io.samples import parquet_bytes, sample_records, webdataset_bytes
 from pipelines.io.storage import StorageOptions
 
-FAST = ["--steps", "3", "--prompt-len", "4", "--batch-size", "4", "--actors", "1"]
+FAST = ["--preset", "tiny", "--steps", "3", "--prompt-len", "4", "--batch-size", "4", "--actors", "1"]
 ROW_COLUMNS = ["key", "shard", "caption", "prompt", "token_ids", "cosine", "model", "steps", "best_step", "seconds"]
 
 

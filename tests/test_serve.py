@@ -108,7 +108,7 @@ def test_healthz_docs_and_models(client):
     assert "bearerAuth" in client.get("/strict/openapi.json").json()["components"]["securitySchemes"]
     models = client.get("/v1/models").json()
     assert models["rewrite"]["architecture"] == "BloomForCausalLM"
-    assert models["rewrite"]["stats"]["max_batch_size"] == 32
+    assert models["rewrite"]["stats"]["max_batch_size"] == 64  # the default (serve/settings.py)
     assert models["invert"]["context_length"] == 77
     assert models["limits"]["max_steps"] == 300 and models["auth"] is False
 

@@ -49,7 +49,7 @@ def cmd_mine(args) -> int:
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.preset == "tiny" and not args.model and not args.demo_run:
-        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
+        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset world|sd15|sd2|sdxl)")
     try:
         job = build_job(args)
     except ValueError as e:
@@ -110,6 +110,6 @@ def register(sub) -> None:
 
 
 def _defaults_then_run(args) -> int:
-    if args.demo and args.preset != "tiny" and not args.model:
+    if args.demo and args.preset not in ("tiny", "world") and not args.model:
         log.warning("--demo with preset %s: real weights must be available offline", args.preset)
     return cmd_mine(args)

@@ -13,9 +13,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     """The CLIP to optimise against: a preset, or an open_clip name with a tag, file or folder."""
     from pez_core.presets import PRESETS  # data only: no torch import
 
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
-                   help="CLIP preset: sd15 (ViT-L-14/openai), sd2 (ViT-H-14, the paper's), sdxl (ViT-bigG-14), "
-                        "tiny (random weights, offline; the default for demos)")
+    p.add_argument("--preset", default="world", choices=sorted(PRESETS),
+                   help="CLIP preset: world (default: promptmine's world CLIP, trained offline and shipped; its "
+                        "images are what `promptmine samples` draws), sd15 (ViT-L-14/openai), sd2 (ViT-H-14, the "
+                        "paper's), sdxl (ViT-bigG-14), tiny (random weights: fast tests only)")
     p.add_argument("--model", help="open_clip model name or a folder with open_clip_config.json (overrides --preset)")
     p.add_argument("--pretrained", help="with --model: a pretrained tag, a checkpoint file, or 'random'")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -83,7 +84,7 @@ def load_clip_from_args(args):
     from pipelines.cli import CLIError
 
     if args.preset == "tiny" and not args.model:
-        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset sd15|sd2|sdxl)")
+        log.warning("preset 'tiny' has random weights: its prompts mean nothing (use --preset world|sd15|sd2|sdxl)")
     try:
         if args.model:
             return load_clip(args.model, pretrained=args.pretrained, device=args.device)
