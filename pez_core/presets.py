@@ -24,8 +24,8 @@ PRESETS: dict[str, Preset] = {
     "sd2": Preset("ViT-H-14", "laion2b_s32b_b79k", "Stable Diffusion 2.x (the paper's model)"),
     "sdxl": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder)"),
     "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for fast offline tests"),
-    "world": Preset("promptmine-world", None, "promptmine's world (its renderer): a CLIP trained offline, shipped",
+    "world": Preset("promptmine-world-rn", None, "promptmine's world (its renderer): a CLIP trained offline, shipped",
                     folder="world"),
-    "world-ref": Preset("promptmine-world-ref", None, "promptmine's world: the reference CLIP that scores "
+    "world-ref": Preset("promptmine-world-ref-rn", None, "promptmine's world: the reference CLIP that scores "
                         "regenerated images (other shape, other seed)", folder="world-ref"),
 }
