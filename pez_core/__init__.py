@@ -7,7 +7,7 @@
 Names are imported lazily, so ``import pez_core`` (and the CLI's ``--help``) does not load torch.
 """
 
-import importlib
+from ._lazy import lazy_exports
 
 _EXPORTS = {
     "PRESETS": "presets", "Preset": "presets",
@@ -21,11 +21,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pez_core' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,7 +10,7 @@ selects the synthetic world's renderer (``WorldGenerator``).
 Plain torch (no Ray). Names are imported lazily so ``import pez_core.scoring`` loads nothing heavy.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "ClipScorer": "clip_score", "parse_clip_spec": "clip_score", "DEFAULT_REFERENCE_CLIP": "defaults",
@@ -22,11 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pez_core.scoring' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

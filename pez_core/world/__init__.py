@@ -6,7 +6,7 @@
 Plain torch / PIL, no Ray. Names are imported lazily.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
 _EXPORTS = {
     "Scene": "grammar", "Obj": "grammar", "sample_scene": "grammar", "WORDS": "grammar",
@@ -20,11 +20,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pez_core.world' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -256,19 +256,12 @@ def publish(checkpoint, out, job, workers: int, name: str) -> dict:
 
 
 def cmd_train(args) -> int:
-    from pipelines.cli import CLIError
-    from pipelines.io.storage import StorageError
+    from pipelines.train.trainer import user_errors
 
-    try:
+    with user_errors():
         job = build_job(args)
         summary = run_training(job, args.output, args.workers, args.gpus_per_worker, args.cpus_per_worker,
                                args.run_name, args.keep_checkpoints, args.max_failures, args.address)
-    except (ValueError, StorageError) as e:
-        raise CLIError(str(e)) from e
-    except Exception as e:
-        if type(e).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
-            raise CLIError(f"training failed: {str(e).splitlines()[0][:300]}") from e
-        raise
     final = ", ".join(f"{k}={v:.4g}" for k, v in summary["final"].items()
                       if isinstance(v, float) and k not in ("seconds",))
     print(f"train {summary['stage']}: {summary['steps']} steps on {summary['world_size']} workers "

@@ -6,6 +6,7 @@ Every training command (sft, reward, ppo, world, ...) runs through :func:`fit`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -43,3 +44,19 @@ def fit(loop, loop_config: dict, out, name: str, workers: int, gpus_per_worker: 
     if result.checkpoint is None:
         raise RuntimeError(f"{name}: the run ended without a checkpoint")
     return result
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Bad values, unreachable storage and a failed Ray Train run become one-line CLI errors (exit 2)."""
+    from pipelines.cli import CLIError
+    from pipelines.io.storage import StorageError
+
+    try:
+        yield
+    except (ValueError, StorageError) as e:
+        raise CLIError(str(e)) from e
+    except Exception as e:
+        if type(e).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
+            raise CLIError(f"training failed: {str(e).splitlines()[0][:300]}") from e
+        raise

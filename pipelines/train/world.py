@@ -174,11 +174,10 @@ def publish(checkpoint, out, job: WorldJob, eval_scenes: int) -> dict:
 
 
 def cmd_world_train(args) -> int:
-    from pipelines.cli import CLIError
-    from pipelines.io.storage import StorageError, StorageOptions
-    from pipelines.train.trainer import fit
+    from pipelines.io.storage import StorageOptions
+    from pipelines.train.trainer import fit, user_errors
 
-    try:
+    with user_errors():
         job = build_job(args)
         if "://" not in args.output:
             args.output = os.path.abspath(os.path.expanduser(args.output))  # workers run elsewhere
@@ -190,12 +189,6 @@ def cmd_world_train(args) -> int:
         result = fit(world_loop, {"job": job}, out, args.run_name or args.kind, args.workers, args.gpus_per_worker,
                      args.cpus_per_worker, args.keep_checkpoints, args.max_failures, args.address)
         summary = publish(result.checkpoint, out, job, args.eval_scenes)
-    except (ValueError, StorageError) as e:
-        raise CLIError(str(e)) from e
-    except Exception as e:
-        if type(e).__name__ in ("TrainingFailedError", "WorkerGroupError", "ControllerError"):
-            raise CLIError(f"training failed: {str(e).splitlines()[0][:300]}") from e
-        raise
     summary["seconds"] = round(time.monotonic() - t0, 1)
     out.child("summary.json").write_text(json.dumps(summary, indent=2))
     acc = "  ".join(f"{k} {v:.3f}" for k, v in summary["zero_shot"].items())
