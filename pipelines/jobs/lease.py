@@ -150,7 +150,9 @@ class _S3Store:
         if o.credentials is not None:
             kwargs.update(aws_access_key_id=o.credentials.access_key, aws_secret_access_key=o.credentials.secret_key,
                           aws_session_token=o.credentials.session_token)
-        self.client = boto3.client("s3", **kwargs)
+        # a new session, not boto3's process-wide default one: that one caches the credential chain of
+        # whatever environment first built it (a profile, env keys), and a driver's chain may change
+        self.client = boto3.session.Session().client("s3", **kwargs)
         self.bucket, _, self.key = loc.path.partition("/")
         self.conditional = True
 
