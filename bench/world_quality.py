@@ -98,8 +98,7 @@ def regenerated_similarity(ref, prompts: list[str], targets, seeds: int) -> list
     """Per prompt: mean over seeds of cos(ref(render(prompt, seed)), ref(target))."""
     from pez_core.world.render import render
 
-    size = ref.preprocess.transforms[0].size
-    size = size if isinstance(size, int) else size[0]
+    size = ref.image_size
     out = []
     for prompt, target in zip(prompts, targets):
         images = [render(prompt, seed=s, size=size) for s in range(seeds)]
@@ -132,14 +131,11 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     clip, ref = load_clip(args.model), load_clip(args.reference)
-    size = clip.preprocess.transforms[0].size
-    size = size if isinstance(size, int) else size[0]
+    size = clip.image_size
     scenes = [sample_scene(random.Random(f"quality:{i}"), two_objects=0.0) for i in range(args.scenes)]
     images = [render_scene(s, 20000 + i, size) for i, s in enumerate(scenes)]
     feats = clip.encode_images(images)
-    ref_size = ref.preprocess.transforms[0].size
-    ref_size = ref_size if isinstance(ref_size, int) else ref_size[0]
-    ref_targets = ref.encode_images([render_scene(s, 20000 + i, ref_size) for i, s in enumerate(scenes)])
+    ref_targets = ref.encode_images([render_scene(s, 20000 + i, ref.image_size) for i, s in enumerate(scenes)])
 
     out = {"model": args.model, "reference": args.reference, "scenes": args.scenes, "steps": args.steps,
            "seeds": args.seeds, "zero_shot": zero_shot(clip, n=args.zero_shot_scenes) if args.zero_shot_scenes else {}}

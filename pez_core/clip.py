@@ -22,7 +22,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn.functional as F
 
-from .presets import CONFIG_DIR, PRESETS, TINY_MODEL, TINY_SEED, WORLD_DIR
+from .presets import CONFIG_DIR, PRESETS, TINY_SEED, WORLD_DIR
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,12 @@ class ClipModel:
     @property
     def token_embedding(self) -> torch.Tensor:  # (v, d)
         return self.model.token_embedding.weight
+
+    @property
+    def image_size(self) -> int:
+        """The side in pixels the image preprocessing resizes to (what a renderer should draw at)."""
+        size = self.preprocess.transforms[0].size
+        return size if isinstance(size, int) else size[0]
 
     @property
     def sot_id(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from .grammar import (COLOURS, FILLS, POSITIONS, RELATIONS, SATURATION, SHAPES, SHARPNESS, SIZES, Obj,
+from .grammar import (COLOURS, FILLS, SATURATION, SHAPES, SHARPNESS, SIZES, Obj,
                       Scene)
 
 _POS_PHRASE = {"left": ["on the left", "at the left", "left"], "right": ["on the right", "at the right", "right"],

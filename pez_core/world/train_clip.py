@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .captions import caption
-from .grammar import COLOURS, FILLS, POSITIONS, SATURATION, SHAPES, SHARPNESS, SIZES, WORDS, Scene, sample_scene
+from .grammar import COLOURS, FILLS, POSITIONS, SATURATION, SHAPES, SHARPNESS, SIZES, WORDS, sample_scene
 from .parse import parse
 from .render import render_scene
 

@@ -37,8 +37,7 @@ def alternatives(scene, attribute: str) -> list:
 def zero_shot(clip, n: int = 200, attributes=ATTRIBUTES, size: int | None = None) -> dict[str, float]:
     """Accuracy per attribute over ``n`` held-out scenes (one-object scenes, two-object for the relation):
     the true canonical caption must score strictly above every alternative's."""
-    size = size or clip.preprocess.transforms[0].size
-    size = size if isinstance(size, int) else size[0]
+    size = size or clip.image_size
     scenes1 = [sample_scene(random.Random(f"{HELD_OUT}:1:{i}"), two_objects=0.0) for i in range(n)]
     scenes2 = [sample_scene(random.Random(f"{HELD_OUT}:2:{i}"), two_objects=1.0) for i in range(n)]
     feats = {}

@@ -20,7 +20,7 @@ import time
 
 from pipelines.evaluate.actor import isolate, quiet_model_loading, thumbnail
 from pipelines.io.prompt_tables import read_columns
-from pipelines.io.shards import Shard, read_shard
+from pipelines.io.shards import Shard, records_by_key
 from pipelines.io.storage import Location
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,8 @@ def read_mined(shard: Shard, loc: Location, images: dict, prompt_column: str, ba
         yield from records
         return
     wanted = {r["key"] for r in records if not r["error"]}
-    found = {}
     image_shard = Shard(**source)
-    for rec in read_shard(image_shard, Location(image_shard.uri, loc.options), image_column=image_column):
-        if rec["key"] in wanted:
-            found[rec["key"]] = rec
+    found = records_by_key(image_shard, Location(image_shard.uri, loc.options), wanted, image_column)
     for r in records:
         if not r["error"]:
             target = found.get(r["key"])

@@ -176,7 +176,7 @@ def cmd_report(args) -> int:
     import io
 
     from pipelines.cli import CLIError
-    from pipelines.io.storage import StorageError, StorageOptions
+    from pipelines.io.storage import StorageOptions
 
     if args.limit < 1:
         raise CLIError(f"--limit must be >= 1, got {args.limit}")

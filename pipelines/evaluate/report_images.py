@@ -17,7 +17,7 @@ def add_mining_images(out, df, images_uri: str | None = None, generator: str | N
     from pez_core.images import ImageError
 
     from pipelines.evaluate.actor import thumbnail
-    from pipelines.io.shards import decode_record, find_shards, read_shard
+    from pipelines.io.shards import decode_record, find_shards, records_by_key
 
     df = df.copy()
     if images_uri is None:
@@ -32,12 +32,11 @@ def add_mining_images(out, df, images_uri: str | None = None, generator: str | N
         for shard in find_shards(root):
             if shard.id not in wanted:
                 continue
-            for rec in read_shard(shard, out.options.resolve(shard.uri)):
-                if rec["key"] in wanted[shard.id]:
-                    try:
-                        found[(shard.id, rec["key"])] = thumbnail(decode_record(rec, shard.id))
-                    except ImageError:
-                        pass
+            for key, rec in records_by_key(shard, out.options.resolve(shard.uri), wanted[shard.id]).items():
+                try:
+                    found[(shard.id, key)] = thumbnail(decode_record(rec, shard.id))
+                except ImageError:  # a bad target keeps a null image
+                    pass
         df["target_image"] = [found.get((s, k)) for s, k in zip(df["shard"], df["key"])]
         log.info("report: %d of %d target images found in %s", len(found), len(df), images_uri)
     if generator:

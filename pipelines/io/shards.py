@@ -220,6 +220,11 @@ def read_shard(shard: Shard, loc: Location, image_column: str | None = None) -> 
         yield rec
 
 
+def records_by_key(shard: Shard, loc: Location, keys: set[str], image_column: str | None = None) -> dict[str, dict]:
+    """The records of ``shard`` whose keys are in ``keys``, by key (finding a table's target images)."""
+    return {rec["key"]: rec for rec in read_shard(shard, loc, image_column=image_column) if rec["key"] in keys}
+
+
 def decode_record(record: dict, shard_id: str = ""):
     """The record's RGB PIL image; raises pez_core's ImageError with the reason for a bad record."""
     from pez_core.images import ImageError, decode_image

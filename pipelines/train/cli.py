@@ -122,8 +122,8 @@ def build_job(args):
     from pez_core.rewrite.reward_model import RewardConfig
     from pez_core.rewrite.sft import SFTConfig
 
-    from pipelines.io.storage import StorageOptions
     from pipelines.train.loops import TrainJob
+    from pipelines.train.trainer import storage_options
 
     given = {k: v for k, v in {"lr": args.lr, "epochs": args.epochs, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -166,11 +166,9 @@ def build_job(args):
         value = getattr(args, name, None)
         if value and "://" not in value and (name in ("data", "output") or os.path.exists(value)):
             setattr(args, name, os.path.abspath(os.path.expanduser(value)))
-    uris = [args.data, args.output, args.model, *(getattr(args, k, None) or "" for k in ("ref_model", "reward_ps",
-                                                                                      "reward_aes"))]
-    options = StorageOptions()  # local only: no AWS configuration lookup (it can wait on a metadata service)
-    if any(u.startswith(("s3://", "s3a://")) for u in uris):
-        options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+    uris = [args.data, args.output, args.model, *(getattr(args, k, None) for k in ("ref_model", "reward_ps",
+                                                                                "reward_aes"))]
+    options = storage_options(args, uris)
     return TrainJob(
         stage=args.stage, data_uri=args.data, model=args.model, algo=algo, options=options,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,

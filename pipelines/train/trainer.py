@@ -13,6 +13,16 @@ import os
 log = logging.getLogger(__name__)
 
 
+def storage_options(args, uris):
+    """How a training job reaches its data: the AWS configuration (``--endpoint-url``, ``--credentials``)
+    only when one of ``uris`` is on S3; local runs never look it up (it can wait on a metadata service)."""
+    from pipelines.io.storage import StorageOptions
+
+    if any((u or "").startswith(("s3://", "s3a://")) for u in uris):
+        return StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
+    return StorageOptions()
+
+
 def fit(loop, loop_config: dict, out, name: str, workers: int, gpus_per_worker: float = 0,
         cpus_per_worker: float = 1, keep_checkpoints: int = 2, max_failures: int = 1,
         address: str | None = None):

@@ -174,17 +174,13 @@ def publish(checkpoint, out, job: WorldJob, eval_scenes: int) -> dict:
 
 
 def cmd_world_train(args) -> int:
-    from pipelines.io.storage import StorageOptions
-    from pipelines.train.trainer import fit, user_errors
+    from pipelines.train.trainer import fit, storage_options, user_errors
 
     with user_errors():
         job = build_job(args)
         if "://" not in args.output:
             args.output = os.path.abspath(os.path.expanduser(args.output))  # workers run elsewhere
-        options = StorageOptions()  # local only: no AWS configuration lookup
-        if args.output.startswith(("s3://", "s3a://")):
-            options = StorageOptions.from_env(args.endpoint_url, forward_credentials=args.credentials == "forward")
-        out = options.resolve(args.output)
+        out = storage_options(args, [args.output]).resolve(args.output)
         t0 = time.monotonic()
         result = fit(world_loop, {"job": job}, out, args.run_name or args.kind, args.workers, args.gpus_per_worker,
                      args.cpus_per_worker, args.keep_checkpoints, args.max_failures, args.address)
