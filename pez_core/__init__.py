@@ -15,7 +15,7 @@ _EXPORTS = {
     "ImageError": "images", "decode_image": "images", "load_image": "images",
     "PEZConfig": "pez", "PEZResult": "pez", "Target": "pez", "concat_prompts": "pez", "feature_target": "pez",
     "image_target": "pez", "invert": "pez", "text_target": "pez",
-    "Vocabulary": "projection",
+    "Vocabulary": "projection", "invert_stream": "stream",
     "invert_reference": "reference",
 }
 __all__ = sorted(_EXPORTS)

@@ -7,16 +7,17 @@ Per step, for all active targets together: project the continuous prompts P onto
 candidate tokens, run ONE forward of the text encoder on the projected embeddings, take the loss
 1 - mean cos(f(P'), target) and ONE backward to the projected embeddings, and apply that gradient to
 P with AdamW (straight-through). The forward that gives the gradient also scores the hard prompt, so
-there is no second scoring pass. Every target keeps its own prompt, optimiser state, best-so-far and
-early stop; AdamW is element-wise, so a target's trajectory does not depend on the others in its batch.
+there is no second scoring pass. Every target keeps its own prompt, optimiser state, step count,
+best-so-far and early stop (stopping.py); AdamW is element-wise, so a target's trajectory does not
+depend on the others in its batch. The loop itself is stream.py (continuous batching).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +27,23 @@ from .projection import Vocabulary
 
 log = logging.getLogger(__name__)
 
+# the default plateau rule, calibrated by bench/pez_time_to_quality.py (README: "When PEZ stops")
+PLATEAU_PATIENCE = 100
+PLATEAU_RATIO = 0.5
+
 
 @dataclass
 class PEZConfig:
     prompt_len: int = 16  # tokens in the hard prompt; the paper finds 16 transfers best (1..75)
-    steps: int = 3000  # optimisation steps; ~200 is often enough in practice (>= 1)
+    steps: int = 3000  # the budget: the most steps a target runs (>= 1); early_stop ends most sooner
     lr: float = 0.1  # AdamW learning rate on the continuous prompt (paper: 0.1)
     weight_decay: float = 0.1  # AdamW decoupled weight decay (paper: 0.1)
     seed: int = 0  # a target without its own seed uses seed + its index in the batch
-    patience: int | None = None  # stop a target after this many steps without a better prompt
-    target_cosine: float | None = None  # stop a target once its best cosine reaches this (-1..1)
+    early_stop: bool = True  # the plateau rule (stopping.py); False: every target runs `steps` (the paper)
+    plateau_patience: int = PLATEAU_PATIENCE  # the plateau rule waits at least this many steps (>= 1)
+    plateau_ratio: float = PLATEAU_RATIO  # ... and this times the step of the best (>= 0)
+    patience: int | None = None  # also stop a target after this many steps without a better prompt
+    target_cosine: float | None = None  # also stop a target once its best cosine reaches this (-1..1)
     safe_vocab: bool = True  # only round-trip-safe whole-word tokens (see projection.py)
     ban: tuple[str, ...] = ()  # banned words/substrings: no token containing one is a candidate
     allow: tuple[str, ...] | None = None  # keyword bank: only tokens of these words are candidates
@@ -50,6 +58,10 @@ class PEZConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.plateau_patience < 1:
+            raise ValueError(f"plateau_patience must be >= 1, got {self.plateau_patience}")
+        if not self.plateau_ratio >= 0:
+            raise ValueError(f"plateau_ratio must be >= 0, got {self.plateau_ratio}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
@@ -143,14 +155,21 @@ class _AdamW:
         self.v = torch.zeros_like(param)
 
     @torch.no_grad()
-    def step(self, rows: torch.Tensor, grad: torch.Tensor, t: int) -> None:
+    def step(self, rows: torch.Tensor, grad: torch.Tensor, t: int | torch.Tensor) -> None:
+        """Update ``rows`` (a,) with ``grad`` (a, ...); ``t`` is each row's own 1-based step count (a,)
+        (or one count for all), used by the bias correction."""
         b1, b2 = self.betas
         p, m, v = self.p[rows], self.m[rows], self.v[rows]
         p.mul_(1 - self.lr * self.wd)
         m.lerp_(grad, 1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
-        denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
-        p.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
+        if isinstance(t, torch.Tensor):  # per row; the corrections in float64, as torch's scalar path
+            t = t.to(torch.float64).view(-1, *([1] * (p.dim() - 1)))
+            denom = (v / (1 - b2**t).float()).sqrt_().add_(self.eps)
+            p.addcdiv_(m * (-self.lr / (1 - b1**t)).float(), denom)
+        else:
+            denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
+            p.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))
         self.p[rows], self.m[rows], self.v[rows] = p, m, v
 
 
@@ -161,71 +180,31 @@ def invert(
     vocab: Vocabulary | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[PEZResult]:
-    """Optimise one hard prompt per target, all targets in one batch. ``on_step(step, active)``
-    is called after every step (for progress bars)."""
-    cfg = config or PEZConfig()
+    """Optimise one hard prompt per target, all targets in one batch (``stream.invert_stream`` with a
+    slot per target). ``on_step(step, active)`` is called after every step (for progress bars)."""
+    from .stream import invert_stream
+
     if not targets:
         return []
-    vocab = vocab or Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, projection=cfg.projection)
-    device = clip.device
-    feats, weights = stack_targets(targets, device)
-    b, n = len(targets), cfg.prompt_len
-    prompts = initial_prompts(vocab, target_seeds(targets, cfg.seed), n).to(device)  # (b, n, d)
-    opt = _AdamW(prompts, cfg.lr, cfg.weight_decay)
-    table = clip.token_embedding.detach()
-
-    best_cos = torch.full((b,), -math.inf, device=device)
-    best_ids = torch.zeros(b, n, dtype=torch.long, device=device)
-    best_step = torch.zeros(b, dtype=torch.long, device=device)
-    steps_run = torch.full((b,), cfg.steps, dtype=torch.long)
-    active = torch.arange(b, device=device)  # (a,)
-
-    for step in range(cfg.steps):
-        ids = vocab.project(prompts[active])  # (a, n)
-        projected = table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
-        sim = similarity(clip.encode_embeds(projected), feats[active], weights[active])  # (a,)
-        (grad,) = torch.autograd.grad((1 - sim).sum(), projected)
-        opt.step(active, grad, step + 1)
-
-        sim = sim.detach()
-        better = sim > best_cos[active]
-        rows = active[better]
-        best_cos[rows], best_ids[rows], best_step[rows] = sim[better], ids[better], step
-
-        if cfg.target_cosine is not None or cfg.patience is not None:  # else no host sync in the loop
-            done = torch.zeros_like(better)
-            if cfg.target_cosine is not None:
-                done |= best_cos[active] >= cfg.target_cosine
-            if cfg.patience is not None:
-                done |= (step - best_step[active]) >= cfg.patience
-            if done.any():
-                steps_run[active[done].cpu()] = step + 1
-                active = active[~done]
-        if on_step is not None:
-            on_step(step, int(active.numel()))
-        if active.numel() == 0:
-            break
-
-    return _results(clip, targets, best_ids, best_cos, best_step, steps_run, feats, weights)
-
-
-def _results(clip, targets, best_ids, best_cos, best_step, steps_run, feats, weights) -> list[PEZResult]:
-    """Decode the best prompts and guarantee the round trip: text that re-tokenises to other ids
-    (possible only outside the safe vocabulary) is reported with those ids and re-scored."""
-    out = []
-    for i, t in enumerate(targets):
-        ids = best_ids[i].tolist()
-        text = clip.decode(ids)
-        cos = float(best_cos[i])
-        extra = {}
-        back = clip.tokenize(text)
-        if back != ids:
-            extra = {"optimised_ids": ids, "optimised_cosine": cos}
-            ids = back[: clip.context_length - 2]
-            rescored = clip.encode_ids(torch.tensor([ids], device=clip.device))
-            cos = float((torch.einsum("e,ke->k", rescored[0], feats[i]) * weights[i]).sum())
-        out.append(PEZResult(text, ids, cos, int(best_step[i]), int(steps_run[i]), t.kind, extra))
+    out: list[PEZResult | None] = [None] * len(targets)
+    for index, result in invert_stream(clip, targets, config, slots=len(targets), vocab=vocab, on_step=on_step):
+        out[index] = result
     return out
+
+
+def _result(clip, target: Target, ids: list[int], cos: float, best_step: int, steps_run: int,
+            feats: torch.Tensor, weights: torch.Tensor) -> PEZResult:
+    """Decode a best prompt and guarantee the round trip: text that re-tokenises to other ids
+    (possible only outside the safe vocabulary) is reported with those ids and re-scored."""
+    text = clip.decode(ids)
+    extra = {}
+    back = clip.tokenize(text)
+    if back != ids:
+        extra = {"optimised_ids": ids, "optimised_cosine": cos}
+        ids = back[: clip.context_length - 2]
+        rescored = clip.encode_ids(torch.tensor([ids], device=clip.device))
+        cos = float((torch.einsum("e,ke->k", rescored[0], feats) * weights).sum())
+    return PEZResult(text, ids, cos, best_step, steps_run, target.kind, extra)
 
 
 def concat_prompts(prompts: Sequence[str | PEZResult], tokenizer=None, sep: str = " ", max_tokens: int = 75) -> str:

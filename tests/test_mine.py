@@ -67,6 +67,9 @@ def test_webdataset_and_parquet_from_s3_to_s3_with_bad_records(ray_cluster, s3_e
     assert stats["00001_stats.json"]["records"] == 6 and stats["00001_stats.json"]["rejects"] == 3
     assert stats["00002_stats.json"]["format"] == "parquet" and stats["00002_stats.json"]["rows"] == 3
     assert summary["complete"] and summary["totals"] == {"records": 15, "rows": 9, "rejects": 6, "balanced": True}
+    # 3 good images per shard in 4 slots for 3 steps: occupancy 9 / 12 (the stats markers' counts, summed)
+    assert summary["processor"] == {"slot_steps": 27, "slot_capacity": 36, "batch_occupancy": 0.75}
+    assert "occupancy 75.0%" in text.out + text.err
     assert summary["shards"]["processed_this_run"] == 3 and summary["storage"]["credentials"] == "forwarded"
     assert "15 in = 9 rows + 6 rejects" in text.out and "3/3 shards" in text.err
     # secrets never written or printed

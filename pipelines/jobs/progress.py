@@ -93,6 +93,8 @@ def format_summary(summary: dict) -> str:
         f"{run.get('processed', run['records']):,} {unit} processed: "
         f"{run.get('processed_per_s', run['records_per_s']):.2f} {unit}/s",
     ]
+    if summary.get("processor", {}).get("batch_occupancy") is not None:
+        lines.append(f"  batch     occupancy {summary['processor']['batch_occupancy']:.1%} (occupied slots / slots)")
     if summary.get("reject_reasons"):
         reasons = {k: n for k, n in summary["reject_reasons"].items() if k != "(more kinds)"}
         top = sorted(reasons.items(), key=lambda kv: -kv[1])[:5]

@@ -193,6 +193,8 @@ class _ShardWorker:
                  "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
                  "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
+        if hasattr(self.processor, "shard_stats"):  # e.g. mining's batch occupancy counts
+            stats["processor"] = self.processor.shard_stats(shard.id)
         marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1), tmp)  # last: the done marker
 
 

@@ -6,6 +6,9 @@
 - Throughput counts the records that reached the processor (the model), not the rejects that never
   did (an unreadable image costs nothing): ``processed_per_s``, labelled so.
 - Every cut list says how much was cut ("and N more").
+- A processor's own per-shard counts (the stats marker's ``processor``) are summed over the done
+  shards into ``processor``; mining's ``slot_steps`` / ``slot_capacity`` also give
+  ``batch_occupancy``: occupied PEZ slots / slots, averaged over all batch steps of all done shards.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> 
         for reason, n in s.get("reject_reasons", {}).items():
             kind = reason_class(reason)  # markers of older runs kept finer reasons
             reasons[kind] = reasons.get(kind, 0) + n
+    counts: dict[str, float] = {}
+    for s in stats.values():
+        for k, v in (s.get("processor") or {}).items():
+            if isinstance(v, (int, float)):
+                counts[k] = counts.get(k, 0) + v
+    if counts.get("slot_capacity"):
+        counts["batch_occupancy"] = round(counts["slot_steps"] / counts["slot_capacity"], 4)
     complete = len(stats) == len(shards)
     n_failed = sum(1 for f in failed if f["shard"] != "*")  # "*": the whole Ray job stopped
     if progress.total_shards == 0:
@@ -63,7 +73,7 @@ def build_summary(job, cfg, options, shards, out, skipped, progress, failed) -> 
         "this_run": {"records": progress.records, "rejects": progress.rejects, "processed": progress.processed,
                      "seconds": round(progress.elapsed, 3), "records_per_s": round(progress.records_rate, 3),
                      "processed_per_s": round(progress.rate, 3)},
-        "reject_reasons": top_kinds(reasons), "reject_kinds": len(reasons), "failed_shards": failed,
+        "processor": counts, "reject_reasons": top_kinds(reasons), "reject_kinds": len(reasons), "failed_shards": failed,
         "settings": job.settings,
         "storage": options.describe(), "ray": {"address": cfg.address or "local", "actors": cfg.actors,
                                                "cpus_per_actor": cfg.cpus_per_actor,

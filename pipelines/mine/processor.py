@@ -1,8 +1,12 @@
-"""The mining processor: one CLIP per actor, batched ``pez_core.invert`` over a shard's images, a seed per key.
+"""The mining processor: one CLIP per actor, a seed per key, and continuous batching over a shard's images:
+``pez_core.invert_stream`` with ``batch_size`` slots, each slot refilled with the shard's next image as
+soon as its target stops (the default plateau rule), so the batch stays full.
 
 Rows file schema (rows/<shard>.parquet): key string, shard string, caption string (null if none),
 prompt string, token_ids list<int32>, cosine float32, model string, steps int32 (steps run),
-best_step int32, seconds float32 (wall seconds of the record's batch / batch size).
+best_step int32, seconds float32 (the shard's wall seconds, decoding included, shared among its
+rows in proportion to their steps: the rows of a shard sum to its time).
+Per shard, :meth:`PEZProcessor.shard_stats` gives the batch's occupancy counts for the stats marker.
 """
 
 from __future__ import annotations
@@ -42,14 +46,43 @@ class PEZProcessor:
         self.vocab = Vocabulary(self.clip, safe=self.cfg.safe_vocab, allow=self.cfg.allow, ban=self.cfg.ban,
                                 projection=self.cfg.projection)
         self.batch_size = batch_size
+        self._stats: dict[str, dict] = {}
 
     def __call__(self, shard_id: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
-        rows, rejects = [], []
-        for i in range(0, len(records), self.batch_size):
-            r, j = self.mine_batch(shard_id, records[i: i + self.batch_size])
-            rows += r
-            rejects += j
+        from pez_core import Target, invert_stream
+
+        start = time.monotonic()
+        rejects: list[dict] = []
+        queued: list[dict] = []  # the records behind the stream's targets, by index
+
+        def targets():  # decoded and encoded a batch at a time, as slots need them
+            for i in range(0, len(records), self.batch_size):
+                ok, images, bad = self._decode(shard_id, records[i: i + self.batch_size])
+                rejects.extend(bad)
+                if not ok:
+                    continue
+                ok, feats, bad = self._encode(ok, images)
+                rejects.extend(bad)
+                for j, rec in enumerate(ok):
+                    queued.append(rec)
+                    yield Target(feats[j: j + 1], "image", key_seed(rec["key"], self.cfg.seed))
+
+        stream = invert_stream(self.clip, targets(), self.cfg, slots=self.batch_size, vocab=self.vocab)
+        results = sorted(stream, key=lambda ir: ir[0])
+        self._stats[shard_id] = {"slot_steps": stream.slot_steps,
+                                 "slot_capacity": stream.global_steps * self.batch_size}
+        seconds = time.monotonic() - start
+        total_steps = sum(r.steps_run for _, r in results) or 1
+        rows = [{"key": rec["key"], "shard": shard_id, "caption": rec.get("caption"), "prompt": res.text,
+                 "token_ids": res.token_ids, "cosine": res.cosine, "model": self.clip.name, "steps": res.steps_run,
+                 "best_step": res.best_step, "seconds": seconds * res.steps_run / total_steps}
+                for rec, (_, res) in zip(queued, results)]
         return rows, rejects
+
+    def shard_stats(self, shard_id: str) -> dict:
+        """Counts for the shard's stats marker: ``slot_steps`` (occupied slots summed over batch steps)
+        and ``slot_capacity`` (batch steps x slots); their ratio is the batch's mean occupancy."""
+        return self._stats.pop(shard_id, {})
 
     def _decode(self, shard_id, records):
         from pez_core import ImageError
@@ -80,22 +113,3 @@ class PEZProcessor:
                 except Exception as e:  # noqa: BLE001
                     rejects.append({"key": rec["key"], "reason": f"cannot encode image ({type(e).__name__}: {e})"})
             return keep, (torch.cat(feats) if feats else None), rejects
-
-    def mine_batch(self, shard_id: str, records: list[dict]) -> tuple[list[dict], list[dict]]:
-        from pez_core import Target, invert
-
-        start = time.monotonic()
-        records, images, rejects = self._decode(shard_id, records)
-        if not records:
-            return [], rejects
-        records, feats, more = self._encode(records, images)
-        rejects += more
-        if not records:
-            return [], rejects
-        targets = [Target(feats[i: i + 1], "image", key_seed(r["key"], self.cfg.seed)) for i, r in enumerate(records)]
-        results = invert(self.clip, targets, self.cfg, vocab=self.vocab)
-        per_row = (time.monotonic() - start) / len(records)
-        rows = [{"key": rec["key"], "shard": shard_id, "caption": rec.get("caption"), "prompt": res.text,
-                 "token_ids": res.token_ids, "cosine": res.cosine, "model": self.clip.name, "steps": res.steps_run,
-                 "best_step": res.best_step, "seconds": per_row} for rec, res in zip(records, results)]
-        return rows, rejects

@@ -31,14 +31,17 @@ def add_pez_args(p: argparse.ArgumentParser, entry: str, demo: str | None = None
     d = f"; demo {BUDGETS[demo].steps}" if demo else ""
     dl = f"; demo {BUDGETS[demo].prompt_len}" if demo else ""
     p.add_argument("--steps", type=int, default=None,
-                   help=f"optimisation steps per target (default {b.steps}{d}; paper: 3000)")
+                   help=f"most optimisation steps per target (default {b.steps}{d}; paper: 3000)")
     p.add_argument("--prompt-len", type=int, default=None,
                    help=f"tokens in the hard prompt (default {b.prompt_len}{dl}; paper: 16)")
     p.add_argument("--lr", type=float, default=0.1, help="AdamW learning rate (paper: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (paper: 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random initial prompts"
                    + (" (mixed with each key's CRC32)" if entry == "mine" else ""))
-    p.add_argument("--patience", type=int, help="stop a target after this many steps without improvement")
+    p.add_argument("--no-early-stop", action="store_true",
+                   help="run every target for all --steps (the paper's fixed budget); by default a target stops "
+                        "once its best prompt has plateaued (README: When PEZ stops)")
+    p.add_argument("--patience", type=int, help="also stop a target after this many steps without improvement")
     p.add_argument("--target-cosine", type=float, help="stop a target once its best cosine reaches this")
     p.add_argument("--ban", action="append", default=[], metavar="WORD",
                    help="never use a token containing WORD (repeatable)")
@@ -71,7 +74,7 @@ def pez_config(args, demo: bool = False):
             prompt_len=args.prompt_len if args.prompt_len is not None else budget.prompt_len,
             steps=args.steps if args.steps is not None else budget.steps,
             lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, patience=args.patience,
-            target_cosine=args.target_cosine, ban=tuple(args.ban), allow=allow, safe_vocab=not args.all_tokens,
+            early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban), allow=allow, safe_vocab=not args.all_tokens,
             projection=args.projection,
         )
     except ValueError as e:

@@ -1,0 +1,288 @@
+"""PEZ time to quality: how fast batched PEZ reaches the reference mode's full-budget cosine, per target.
+
+    python bench/pez_time_to_quality.py --model world --steps 3000 --batch 32 > ttq_world.json
+    python bench/pez_time_to_quality.py --model vit-b-32 --steps 300 --ref-targets 4 > ttq_vitb32.json
+
+Three measured parts, each in a fresh subprocess at --threads torch threads (default 1), on the same
+world scene images (pipelines.io.samples.make_sample_image(1000 + i), seed i for target i):
+
+1. reference: ``invert_reference`` for --steps on the first --ref-targets targets; its returned TEXT is
+   re-scored by the CLIP's own ``encode_text`` (the bar each target must reach: --quality of it).
+2. full: batched ``invert`` on --batch targets for --steps with no early stop, recording every target's
+   best-so-far cosine at every step: the distribution of steps to reach 99% / 99.9% of its own
+   full-budget best, and the step and amortised wall time (step x s/step / batch) at which it first
+   reaches the reference bar.
+3. default: the default stopping rule (PEZConfig's), batched with continuous batching
+   (``invert_stream``, --batch slots, the queue = the same targets): wall time per target, mean batch
+   occupancy, steps run, and the re-scored final cosine against the reference bar and the full run.
+
+The headline ratio: reference seconds per target for its full budget / default-rule batched seconds
+per target (wall time / targets), with the share of targets that reached the reference bar.
+A reference JSON from an earlier run can be reused (--reference-json) since it does not depend on
+anything the batched loop changes.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+MODELS = {"world": ("world", None), "tiny": ("tiny", None), "vit-b-32": ("ViT-B-32", "random")}
+
+
+def _setup(args, n):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from pez_core import image_target, load_clip
+    from pipelines.io.samples import make_sample_image
+
+    spec, tag = MODELS[args.model]
+    clip = load_clip(spec, pretrained=tag, device="cpu")
+    targets = [image_target(clip, [make_sample_image(1000 + i)], seed=i) for i in range(n)]
+    return clip, targets
+
+
+def _rescore(clip, results, targets) -> list[float]:
+    texts = clip.encode_texts([r.text for r in results])
+    return [float((texts[i] @ t.features.T).mean()) for i, t in enumerate(targets)]
+
+
+def part_reference(args) -> dict:
+    from pez_core import PEZConfig, invert_reference
+
+    clip, targets = _setup(args, args.ref_targets)
+    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps)  # the reference always runs every step
+    rows = []
+    for i, t in enumerate(targets):
+        t0 = time.perf_counter()
+        [r] = invert_reference(clip, [t], cfg)
+        seconds = time.perf_counter() - t0
+        [re] = _rescore(clip, [r], [t])
+        rows.append({"target": i, "seconds": round(seconds, 3), "cosine": round(r.cosine, 6),
+                     "rescored_cosine": round(re, 6), "best_step": r.best_step, "text": r.text})
+        print(json.dumps(rows[-1]), file=sys.stderr)
+    return {"part": "reference", "model": args.model, "steps": args.steps, "prompt_len": args.prompt_len,
+            "threads": args.threads, "targets": rows}
+
+
+
+def part_timing(args) -> dict:
+    """Seconds per step of the reference mode and of one full batch, measured back to back (CPU time
+    of this one-thread process, and wall time), so the ratio is within one run."""
+    from pez_core import PEZConfig, Vocabulary, invert, invert_reference
+
+    clip, targets = _setup(args, args.batch)
+    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.timing_steps, early_stop=False)
+    vocab = Vocabulary(clip)
+    out = {}
+    for mode in ("reference", "batched", "reference_again"):
+        stamps: list[tuple[float, float]] = []
+        on_step = lambda step, _, stamps=stamps: stamps.append((time.process_time(), time.perf_counter()))
+        if mode == "batched":
+            invert(clip, targets, cfg, vocab=vocab, on_step=on_step)
+        else:
+            invert_reference(clip, targets[:1], cfg, on_step=on_step)
+        cpu = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(stamps))
+        wall = statistics.median(b[1] - a[1] for a, b in itertools.pairwise(stamps))
+        out[mode] = {"cpu_s_per_step": round(cpu, 5), "wall_s_per_step": round(wall, 5)}
+    return {"part": "timing", "batch": args.batch, "steps": args.timing_steps, **out}
+
+
+def _bests(args, cfg, slots, n):
+    """Run batched PEZ; per target its best-so-far improvements [(own step, cosine)], its result, and
+    the run's CPU/wall seconds and occupancy."""
+    from pez_core import Vocabulary, invert_stream
+
+    clip, targets = _setup(args, n)
+    vocab = Vocabulary(clip)
+    best = [-2.0] * n
+    events: list[list] = [[] for _ in range(n)]
+
+    def trace(indices, own, sims):
+        for i, s, c in zip(indices, own.tolist(), sims.tolist()):
+            if c > best[i]:
+                best[i] = c
+                events[i].append((s, c))
+    c0, w0 = time.process_time(), time.perf_counter()
+    stream = invert_stream(clip, targets, cfg, slots=slots, vocab=vocab, trace=trace)
+    results = dict(stream)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    results = [results[i] for i in range(n)]
+    return clip, targets, results, events, {"cpu_seconds": round(cpu, 3), "wall_seconds": round(wall, 3),
+                                            "occupancy": round(stream.occupancy, 4),
+                                            "batch_steps": stream.global_steps}
+
+
+def part_full(args) -> dict:
+    """Every target runs the whole budget (no early stop): its best-so-far trajectory."""
+    from pez_core import PEZConfig
+
+    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, early_stop=False)
+    clip, targets, results, events, run = _bests(args, cfg, args.batch, args.batch)
+    rescored = _rescore(clip, results, targets)
+    return {"part": "full", "run": run, "targets": [
+        {"target": i, "cosine": round(r.cosine, 6), "rescored_cosine": round(rescored[i], 6),
+         "best_step": r.best_step, "events": [(s, round(c, 6)) for s, c in events[i]]}
+        for i, r in enumerate(results)]}
+
+
+def part_default(args) -> dict:
+    """The default stopping rule, continuous batching over the same targets (--batch slots)."""
+    from pez_core import PEZConfig
+
+    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps)
+    clip, targets, results, _, run = _bests(args, cfg, args.batch, args.default_targets or args.batch)
+    rescored = _rescore(clip, results, targets)
+    return {"part": "default", "run": run, "config": {"plateau_patience": cfg.plateau_patience,
+                                                      "plateau_ratio": cfg.plateau_ratio},
+            "targets": [{"target": i, "cosine": round(r.cosine, 6), "rescored_cosine": round(rescored[i], 6),
+                         "steps_run": r.steps_run, "best_step": r.best_step} for i, r in enumerate(results)]}
+
+
+def _pct(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
+
+
+def _dist(values) -> dict:
+    return {"median": statistics.median(values), "p90": _pct(values, 0.9), "max": max(values)}
+
+
+def _first_reach(events, level):
+    """First own step (0-based) at which the best-so-far reaches ``level``, or None."""
+    return next((s for s, c in events if c >= level), None)
+
+
+def simulate_rule(events, patience: int, ratio: float, steps: int) -> tuple[float, int]:
+    """(final best cosine, steps run) the plateau rule would give on one full-budget trajectory."""
+    for (b, c), nxt in zip(events, [*events[1:], (math.inf, None)]):
+        stop = min(steps, b + 1 + math.ceil(max(patience, ratio * (b + 1))))
+        if nxt[0] >= stop:
+            return c, stop
+    return events[-1][1], steps
+
+
+def rule_grid(full: dict, steps: int) -> list[dict]:
+    """What plateau rules would have given on the full run: share of the full-budget mean cosine, mean steps."""
+    ft = full["targets"]
+    full_mean = statistics.mean(t["cosine"] for t in ft)
+    grid = []
+    for patience in (25, 50, 100, 200, 300):
+        for ratio in (0.0, 0.25, 0.5, 1.0, 2.0):
+            sims = [simulate_rule(t["events"], patience, ratio, steps) for t in ft]
+            grid.append({"plateau_patience": patience, "plateau_ratio": ratio,
+                         "share_of_full_mean_cosine": round(statistics.mean(c for c, _ in sims) / full_mean, 4),
+                         "mean_steps": round(statistics.mean(s for _, s in sims), 1)})
+    return grid
+
+
+def analyse(ref: dict, timing: dict, full: dict, default: dict, quality: float) -> dict:
+    """The headline figures from the four parts (all within this run)."""
+    k = len(ref["targets"])
+    bars = [quality * r["rescored_cosine"] for r in ref["targets"]]
+    ft, dt = full["targets"], default["targets"]
+    n = len(ft)
+    ref_cpu = statistics.mean([timing["reference"]["cpu_s_per_step"], timing["reference_again"]["cpu_s_per_step"]])
+    ref_seconds = ref_cpu * ref["steps"]  # per target, its full budget
+    batch_step = timing["batched"]["cpu_s_per_step"]  # one step of a full batch
+    reach = [_first_reach(t["events"], bar) for t, bar in zip(ft, bars)]
+    own99 = [_first_reach(t["events"], 0.99 * t["cosine"]) for t in ft]
+    own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) for t in ft]
+    reached = [s for s in reach if s is not None]
+    full_mean = statistics.mean(t["rescored_cosine"] for t in ft)
+    default_mean = statistics.mean(t["rescored_cosine"] for t in dt[:n])
+    per_target = default["run"]["cpu_seconds"] / len(dt)
+    return {
+        "reference": {"targets": k, "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
+                      "cpu_seconds_per_target": round(ref_seconds, 2),
+                      "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)},
+        "full_budget_batched": {
+            "targets": n, "mean_rescored_cosine": round(full_mean, 4),
+            "steps_to_99pct_of_own_best": _dist([s + 1 for s in own99]),
+            "steps_to_99_9pct_of_own_best": _dist([s + 1 for s in own999]),
+            "targets_reaching_reference_bar": f"{len(reached)}/{k}",
+            "steps_to_reference_bar": _dist([s + 1 for s in reached]) if reached else None,
+            # a full batch's step shared by its targets: the time one target's steps cost in the batch
+            "cpu_seconds_to_reference_bar_per_target": (
+                round(statistics.median((s + 1) * batch_step / timing["batch"] for s in reached), 3) if reached
+                else None),
+        },
+        "default_rule": {
+            "targets": len(dt), "slots": timing["batch"], "occupancy": default["run"]["occupancy"],
+            "steps_run": _dist([t["steps_run"] for t in dt]),
+            "mean_steps_run": round(statistics.mean(t["steps_run"] for t in dt), 1),
+            "cpu_seconds_per_target": round(per_target, 3),
+            "mean_rescored_cosine": round(default_mean, 4),
+            "share_of_full_budget_mean_cosine": round(default_mean / full_mean, 4),
+            "targets_at_reference_bar": f"{sum(t['rescored_cosine'] >= b for t, b in zip(dt, bars))}/{k}",
+            "mean_share_of_reference_cosine": round(statistics.mean(
+                t["rescored_cosine"] / r["rescored_cosine"] for t, r in zip(dt, ref["targets"])), 4),
+            "speedup_vs_reference_full_budget": round(ref_seconds / per_target, 1),
+        },
+    }
+
+PARTS = {"reference": part_reference, "timing": part_timing, "full": part_full, "default": part_default}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=sorted(MODELS), default="world")
+    p.add_argument("--steps", type=int, default=3000, help="the full budget (reference and full run)")
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32, help="targets (and slots of the default-rule run)")
+    p.add_argument("--ref-targets", type=int, default=32, help="targets the reference mode runs (the first k)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads in every part")
+    p.add_argument("--quality", type=float, default=0.99, help="share of the reference cosine to reach")
+    p.add_argument("--reference-json", help="reuse the reference part of an earlier run (its JSON output)")
+    p.add_argument("--timing-steps", type=int, default=30, help="steps of the per-step timing part")
+    p.add_argument("--default-targets", type=int, default=0,
+                   help="queue length of the default-rule run (default: --batch; more shows refilling)")
+    p.add_argument("--part", choices=sorted(PARTS), help="run one part here and print its JSON")
+    args = p.parse_args()
+    if args.part:
+        print(json.dumps(PARTS[args.part](args)))
+        return
+    parts = {}
+    if args.reference_json:
+        with open(args.reference_json) as f:
+            parts["reference"] = _load_reference(f.read())
+        parts["reference"]["steps"] = parts["reference"]["steps"] or args.steps
+    for name in ("reference", "timing", "full", "default"):
+        if name not in parts:
+            parts[name] = _run_part(args, name)
+    print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
+                      "quality": args.quality, **analyse(parts["reference"], parts["timing"], parts["full"],
+                                                         parts["default"], args.quality),
+                      "rule_grid": rule_grid(parts["full"], args.steps),
+                      "parts": {k: v for k, v in parts.items() if k != "full"}}, indent=1))
+
+
+def _load_reference(text: str) -> dict:
+    """A reference part's JSON, or the per-target lines it logs (a run stopped early keeps its targets)."""
+    text = text.strip()
+    if text.startswith("{") and "\n" not in text:
+        return json.loads(text)
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    if "part" in rows[0]:
+        return rows[0]
+    return {"part": "reference", "steps": None, "targets": rows}
+
+
+def _run_part(args, name: str) -> dict:
+    cmd = [sys.executable, __file__, "--part", name, "--model", args.model, "--steps", str(args.steps),
+           "--prompt-len", str(args.prompt_len), "--batch", str(args.batch), "--ref-targets", str(args.ref_targets),
+           "--threads", str(args.threads), "--timing-steps", str(args.timing_steps),
+           "--default-targets", str(args.default_targets)]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()

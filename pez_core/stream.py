@@ -1,0 +1,178 @@
+"""The PEZ loop with continuous batching: a fixed number of slots, each finished target's slot refilled
+from the queue, so the batch stays full while targets stop at very different steps.
+
+Every slot holds one target's whole state: its continuous prompt, AdamW moments, its OWN step count
+(AdamW's bias correction uses it), its best prompt so far and its features. Nothing in a step mixes
+rows, so a target's result does not depend on which targets share the batch or when it joined (up to
+the float rounding of batched matrix products, which in practice leaves the ids identical).
+``pez.invert`` is this loop with as many slots as targets.
+
+Shapes: B slots, a occupied slots, n prompt tokens, d text width, k feature vectors per target, e joint width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from .clip import ClipModel
+from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, similarity
+from .projection import Vocabulary
+from .stopping import can_stop_early, stopped
+
+
+class _Slots:
+    """Per-slot state tensors (B, ...) on the model's device, and which target sits in each slot."""
+
+    def __init__(self, clip: ClipModel, vocab: Vocabulary, cfg: PEZConfig, slots: int):
+        dev, n = clip.device, cfg.prompt_len
+        self.clip, self.vocab, self.cfg = clip, vocab, cfg
+        self.table = clip.token_embedding.detach()
+        self.prompts = torch.zeros(slots, n, self.table.shape[1], device=dev)
+        self.opt = _AdamW(self.prompts, cfg.lr, cfg.weight_decay)
+        self.t = torch.zeros(slots, dtype=torch.long, device=dev)  # each slot's own steps done
+        self.best_cos = torch.full((slots,), -math.inf, device=dev)
+        self.best_ids = torch.zeros(slots, n, dtype=torch.long, device=dev)
+        self.best_step = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.stop_t = torch.zeros(slots, dtype=torch.long, device=dev)  # steps run, set when it stops
+        self.done = torch.zeros(slots, dtype=torch.bool, device=dev)  # stopped, awaiting removal
+        self.feats: torch.Tensor | None = None  # (B, k, e), zero-padded
+        self.weights = torch.zeros(slots, 1, device=dev)  # (B, k), each occupied row sums to one
+        self.who: list[tuple[int, Target] | None] = [None] * slots
+
+    def load(self, slot: int, index: int, target: Target) -> None:
+        """Start ``target`` (the ``index``-th of the queue) from scratch in ``slot``."""
+        cfg, dev = self.cfg, self.prompts.device
+        f = target.features.to(dev, torch.float32)
+        k, e = f.shape
+        if self.feats is None:
+            self.feats = torch.zeros(len(self.who), k, e, device=dev)
+        if e != self.feats.shape[2]:
+            raise ValueError(f"target {index} has features of width {e}, expected {self.feats.shape[2]}")
+        if k > self.feats.shape[1]:  # pad every slot to the widest feature set (zero weights)
+            grow = k - self.feats.shape[1]
+            self.feats = torch.cat([self.feats, self.feats.new_zeros(len(self.who), grow, e)], dim=1)
+            self.weights = torch.cat([self.weights, self.weights.new_zeros(len(self.who), grow)], dim=1)
+        seed = target.seed if target.seed is not None else cfg.seed + index
+        ids = self.vocab.random_ids(cfg.prompt_len, torch.Generator().manual_seed(seed))
+        self.prompts[slot] = self.table[ids].float()
+        self.opt.m[slot] = 0
+        self.opt.v[slot] = 0
+        self.t[slot] = 0
+        self.best_cos[slot], self.best_ids[slot], self.best_step[slot] = -math.inf, 0, 0
+        self.done[slot] = False
+        self.feats[slot] = 0
+        self.feats[slot, :k] = f
+        self.weights[slot] = 0
+        self.weights[slot, :k] = 1.0 / k
+        self.who[slot] = (index, target)
+
+    def step(self, active: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One PEZ step for the occupied slots ``active`` (a,); returns their loop cosines and own 0-based
+        steps. Slots already stopped keep computing until removed but never change their best."""
+        ids = self.vocab.project(self.prompts[active])  # (a, n)
+        projected = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
+        feats, weights = self.feats[active], self.weights[active]
+        sim = similarity(self.clip.encode_embeds(projected), feats, weights)  # (a,)
+        (grad,) = torch.autograd.grad((1 - sim).sum(), projected)
+        t = self.t[active] + 1
+        self.t[active] = t
+        self.opt.step(active, grad, t)
+
+        sim = sim.detach()
+        live = ~self.done[active]
+        better = (sim > self.best_cos[active]) & live
+        rows = active[better]
+        self.best_cos[rows], self.best_ids[rows], self.best_step[rows] = sim[better], ids[better], t[better] - 1
+        if check:
+            now = stopped(self.cfg, t, self.best_step[active], self.best_cos[active]) & live
+            self.stop_t[active[now]] = t[now]
+            self.done[active] |= now
+        return sim, t - 1
+
+    def finish(self, slot: int, steps_run: int) -> tuple[int, PEZResult]:
+        index, target = self.who[slot]
+        self.who[slot] = None
+        k = target.features.shape[0]
+        result = _result(self.clip, target, self.best_ids[slot].tolist(), float(self.best_cos[slot]),
+                         int(self.best_step[slot]), steps_run, self.feats[slot, :k], self.weights[slot, :k])
+        return index, result
+
+
+class Stream:
+    """Iterator of ``(index, PEZResult)`` in the order targets finish; ``index`` is the target's position
+    in the queue. ``occupancy`` = occupied slots / slots, averaged over the steps run so far."""
+
+    def __init__(self, clip, targets, cfg, slots, vocab, on_step, trace, sync_every):
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        self.cfg = cfg
+        self.vocab = vocab or Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban,
+                                         projection=cfg.projection)
+        self.slots = _Slots(clip, self.vocab, cfg, slots)
+        self.queue = enumerate(targets)
+        self.on_step, self.trace = on_step, trace
+        self.sync_every = sync_every or (1 if clip.device.type == "cpu" else 8)
+        self.global_steps = 0  # batch steps run
+        self.slot_steps = 0  # sum over steps of occupied slots
+
+    @property
+    def occupancy(self) -> float:
+        return self.slot_steps / (self.global_steps * len(self.slots.who)) if self.global_steps else 0.0
+
+    def __iter__(self) -> Iterator[tuple[int, PEZResult]]:
+        s, cfg = self.slots, self.cfg
+        t_host = [0] * len(s.who)  # own steps per slot, known on the host without reading the device
+        exhausted = False
+        early = can_stop_early(cfg)
+        while True:
+            for slot in range(len(s.who)):  # refill free slots from the queue
+                if s.who[slot] is None and not exhausted:
+                    nxt = next(self.queue, None)
+                    if nxt is None:
+                        exhausted = True
+                    else:
+                        s.load(slot, *nxt)
+                        t_host[slot] = 0
+            occupied = [i for i, w in enumerate(s.who) if w is not None]
+            if not occupied:
+                return
+            active = torch.tensor(occupied, device=s.prompts.device)
+            check = early or any(t_host[i] + 1 >= cfg.steps for i in occupied)
+            sim, own = s.step(active, check)
+            for i in occupied:
+                t_host[i] += 1
+            self.global_steps += 1
+            self.slot_steps += len(occupied)
+            if self.trace is not None:
+                self.trace([s.who[i][0] for i in occupied], own, sim)
+            if self.on_step is not None:
+                self.on_step(self.global_steps - 1, len(occupied))
+            at_budget = any(t_host[i] >= cfg.steps for i in occupied)
+            if at_budget or (early and self.global_steps % self.sync_every == 0):
+                done = s.done[active].tolist()  # the one device-to-host read
+                for i, d in zip(occupied, done):
+                    if d:
+                        yield s.finish(i, int(s.stop_t[i]))
+
+
+def invert_stream(
+    clip: ClipModel,
+    targets: Iterable[Target],
+    config: PEZConfig | None = None,
+    slots: int = 32,
+    vocab: Vocabulary | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    trace: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
+    sync_every: int | None = None,
+) -> Stream:
+    """Optimise one hard prompt per target of ``targets`` (any iterable, read lazily as slots free up),
+    at most ``slots`` at a time; iterate the returned :class:`Stream` for ``(index, PEZResult)``.
+
+    ``on_step(step, occupied)`` is called after every batch step; ``trace(indices, own_steps, cosines)``
+    gets every occupied slot's target index, own 0-based step and loop cosine (for benchmarks).
+    ``sync_every``: batch steps between reads of which targets stopped (default 1 on CPU, 8 on a GPU);
+    it changes only how soon a slot is refilled, never a result."""
+    return Stream(clip, targets, config or PEZConfig(), slots, vocab, on_step, trace, sync_every)
