@@ -34,7 +34,7 @@ def direct(folder: Path, args) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     clip = load_clip(args.preset, device="cpu")
-    cfg = PEZConfig(steps=args.steps, prompt_len=args.prompt_len)
+    cfg = PEZConfig(steps=args.steps, prompt_len=args.prompt_len, early_stop=False)  # fixed work per image
     vocab = Vocabulary(clip, safe=cfg.safe_vocab, projection=cfg.projection)
     t1 = time.perf_counter()
     records = [r for s in find_shards(Location(str(folder))) for r in read_shard(s, Location(s.uri))]

@@ -68,8 +68,9 @@ def run(clip, vocab, batch: int, precision: str, steps: int, warmup: int, prompt
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    cfg = PEZConfig(prompt_len=prompt_len, steps=warmup + steps, early_stop=False)  # every step timed
     with autocast:
-        results = invert(clip, targets, PEZConfig(prompt_len=prompt_len, steps=warmup + steps), vocab=vocab,
+        results = invert(clip, targets, cfg, vocab=vocab,
                          on_step=on_step)
     seconds = stamps[1] - stamps[0]
     per_step = seconds / steps

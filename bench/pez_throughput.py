@@ -41,7 +41,7 @@ def worker(args) -> dict:
     clip = load_clip(spec, pretrained=tag, device="cpu")
     n = args.batch if args.mode == "batched" else min(args.batch, args.ref_targets)
     targets = [image_target(clip, [make_sample_image(1000 + i)], seed=i) for i in range(n)]
-    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, projection=args.projection)
+    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, projection=args.projection, early_stop=False)
     t0 = time.perf_counter()
     vocab = Vocabulary(clip, projection=cfg.projection) if args.mode == "batched" else None
     vocab_seconds = time.perf_counter() - t0  # once per process (the safe set is cached), like model loading

@@ -18,8 +18,8 @@ world scene images (pipelines.io.samples.make_sample_image(1000 + i), seed i for
 
 The headline ratio: reference seconds per target for its full budget / default-rule batched seconds
 per target (wall time / targets), with the share of targets that reached the reference bar.
-A reference JSON from an earlier run can be reused (--reference-json) since it does not depend on
-anything the batched loop changes.
+A part's JSON from an earlier ``--part`` run can be reused (``--reuse reference=FILE``): the reference
+does not depend on anything the batched loop changes, and the rule grid is computed from the full run.
 """
 from __future__ import annotations
 
@@ -240,7 +240,8 @@ def main() -> None:
     p.add_argument("--ref-targets", type=int, default=32, help="targets the reference mode runs (the first k)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every part")
     p.add_argument("--quality", type=float, default=0.99, help="share of the reference cosine to reach")
-    p.add_argument("--reference-json", help="reuse the reference part of an earlier run (its JSON output)")
+    p.add_argument("--reuse", action="append", default=[], metavar="PART=FILE",
+                   help="reuse a part's JSON from an earlier --part run (the reference: also its logged lines)")
     p.add_argument("--timing-steps", type=int, default=30, help="steps of the per-step timing part")
     p.add_argument("--default-targets", type=int, default=0,
                    help="queue length of the default-rule run (default: --batch; more shows refilling)")
@@ -250,9 +251,13 @@ def main() -> None:
         print(json.dumps(PARTS[args.part](args)))
         return
     parts = {}
-    if args.reference_json:
-        with open(args.reference_json) as f:
-            parts["reference"] = _load_reference(f.read())
+    for spec in args.reuse:
+        name, _, path = spec.partition("=")
+        if name not in PARTS or not path:
+            raise SystemExit(f"--reuse {spec!r}: expected PART=FILE with PART one of {', '.join(PARTS)}")
+        with open(path) as f:
+            parts[name] = _load_reference(f.read()) if name == "reference" else json.loads(f.read())
+    if "reference" in parts:
         parts["reference"]["steps"] = parts["reference"]["steps"] or args.steps
     for name in ("reference", "timing", "full", "default"):
         if name not in parts:

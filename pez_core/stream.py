@@ -127,6 +127,7 @@ class Stream:
         t_host = [0] * len(s.who)  # own steps per slot, known on the host without reading the device
         exhausted = False
         early = can_stop_early(cfg)
+        occupied: list[int] = []
         while True:
             for slot in range(len(s.who)):  # refill free slots from the queue
                 if s.who[slot] is None and not exhausted:
@@ -136,10 +137,11 @@ class Stream:
                     else:
                         s.load(slot, *nxt)
                         t_host[slot] = 0
-            occupied = [i for i, w in enumerate(s.who) if w is not None]
-            if not occupied:
+            now = [i for i, w in enumerate(s.who) if w is not None]
+            if not now:
                 return
-            active = torch.tensor(occupied, device=s.prompts.device)
+            if now != occupied:  # a new index tensor only when the occupied slots change
+                occupied, active = now, torch.tensor(now, device=s.prompts.device)
             check = early or any(t_host[i] + 1 >= cfg.steps for i in occupied)
             sim, own = s.step(active, check)
             for i in occupied:
