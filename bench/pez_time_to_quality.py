@@ -127,7 +127,7 @@ def part_full(args) -> dict:
     cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, early_stop=False)
     clip, targets, results, events, run = _bests(args, cfg, args.batch, args.batch)
     rescored = _rescore(clip, results, targets)
-    return {"part": "full", "run": run, "targets": [
+    return {"part": "full", "steps": args.steps, "run": run, "targets": [
         {"target": i, "cosine": round(r.cosine, 6), "rescored_cosine": round(rescored[i], 6),
          "best_step": r.best_step, "events": [(s, round(c, 6)) for s, c in events[i]]}
         for i, r in enumerate(results)]}
@@ -183,11 +183,27 @@ def rule_grid(full: dict, steps: int) -> list[dict]:
     return grid
 
 
+def _ref_summary(ref, ref_cpu, ref_seconds) -> dict:
+    return {"targets": len(ref["targets"]), "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
+            "cpu_seconds_per_target": round(ref_seconds, 2),
+            "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)}
+
+
+def _full_summary(ft, full_mean, own99, own999, reached, k, batch_step, timing) -> dict:
+    return {"targets": len(ft), "mean_rescored_cosine": round(full_mean, 4),
+            "steps_to_99pct_of_own_best": _dist([s + 1 for s in own99]),
+            "steps_to_99_9pct_of_own_best": _dist([s + 1 for s in own999]),
+            "targets_reaching_reference_bar": f"{len(reached)}/{k}",
+            "steps_to_reference_bar": _dist([s + 1 for s in reached]) if reached else None,
+            "cpu_seconds_to_reference_bar_per_target": (
+                round(statistics.median((s + 1) * batch_step / timing["batch"] for s in reached), 3)
+                if reached else None)}
+
 def analyse(ref: dict, timing: dict, full: dict, default: dict, quality: float) -> dict:
     """The headline figures from the four parts (all within this run)."""
     k = len(ref["targets"])
     bars = [quality * r["rescored_cosine"] for r in ref["targets"]]
-    ft, dt = full["targets"], default["targets"]
+    ft, dt = full["targets"], (default or {}).get("targets")
     n = len(ft)
     ref_cpu = statistics.mean([timing["reference"]["cpu_s_per_step"], timing["reference_again"]["cpu_s_per_step"]])
     ref_seconds = ref_cpu * ref["steps"]  # per target, its full budget
@@ -197,9 +213,30 @@ def analyse(ref: dict, timing: dict, full: dict, default: dict, quality: float) 
     own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) for t in ft]
     reached = [s for s in reach if s is not None]
     full_mean = statistics.mean(t["rescored_cosine"] for t in ft)
+    from pez_core import PEZConfig
+
+    cfg = PEZConfig(steps=full["steps"])
+    sims = [simulate_rule(t["events"], cfg.plateau_patience, cfg.plateau_ratio, cfg.steps) for t in ft]
+    sim_steps = statistics.mean(st for _, st in sims)
+    simulated = {  # the default rule on the full run's trajectories: exact, since each is a target's own
+        "plateau_patience": cfg.plateau_patience, "plateau_ratio": cfg.plateau_ratio,
+        "mean_steps": round(sim_steps, 1), "steps": _dist([st for _, st in sims]),
+        "share_of_full_budget_mean_cosine": round(statistics.mean(c for c, _ in sims)
+                                                  / statistics.mean(t["cosine"] for t in ft), 4),
+        "targets_at_reference_bar": f"{sum(sims[i][0] >= bars[i] for i in range(k))}/{k}",
+        "mean_cosine_first_k": round(statistics.mean(sims[i][0] for i in range(k)), 4),
+        "reference_bar_mean_first_k": round(statistics.mean(bars), 4),
+        # at a full batch (continuous batching with a long queue): steps x the batch step's share
+        "cpu_seconds_per_target_full_batch": round(sim_steps * batch_step / timing["batch"], 3),
+        "speedup_vs_reference_full_budget": round(ref_seconds / (sim_steps * batch_step / timing["batch"]), 1),
+    }
+    if default is None:
+        return {"reference": _ref_summary(ref, ref_cpu, ref_seconds), "full_budget_batched": _full_summary(
+                    ft, full_mean, own99, own999, reached, k, batch_step, timing), "default_rule_on_full_run": simulated}
     default_mean = statistics.mean(t["rescored_cosine"] for t in dt[:n])
     per_target = default["run"]["cpu_seconds"] / len(dt)
     return {
+        "default_rule_on_full_run": simulated,
         "reference": {"targets": k, "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
                       "cpu_seconds_per_target": round(ref_seconds, 2),
                       "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)},
@@ -245,6 +282,8 @@ def main() -> None:
     p.add_argument("--timing-steps", type=int, default=30, help="steps of the per-step timing part")
     p.add_argument("--default-targets", type=int, default=0,
                    help="queue length of the default-rule run (default: --batch; more shows refilling)")
+    p.add_argument("--skip-default", action="store_true",
+                   help="no measured default-rule run (its figures then come from the full run's trajectories)")
     p.add_argument("--part", choices=sorted(PARTS), help="run one part here and print its JSON")
     args = p.parse_args()
     if args.part:
@@ -259,12 +298,14 @@ def main() -> None:
             parts[name] = _load_reference(f.read()) if name == "reference" else json.loads(f.read())
     if "reference" in parts:
         parts["reference"]["steps"] = parts["reference"]["steps"] or args.steps
+    if "full" in parts:
+        parts["full"].setdefault("steps", args.steps)
     for name in ("reference", "timing", "full", "default"):
-        if name not in parts:
+        if name not in parts and not (name == "default" and args.skip_default):
             parts[name] = _run_part(args, name)
     print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
                       "quality": args.quality, **analyse(parts["reference"], parts["timing"], parts["full"],
-                                                         parts["default"], args.quality),
+                                                         parts.get("default"), args.quality),
                       "rule_grid": rule_grid(parts["full"], args.steps),
                       "parts": {k: v for k, v in parts.items() if k != "full"}}, indent=1))
 
