@@ -3,7 +3,7 @@
 ``RewriteModel``: each request's prompts join one batch, counted in prompts (``batch_size_fn``), and
 each group of requests with the same generation options is one ``Rewriter.rewrite_detailed`` call.
 ``InvertModel``: each request is one image; the batch's images are encoded together and each group
-with the same (steps, prompt_len, ban) is one batched ``pez_core.invert`` run. Every target carries
+with the same (steps, prompt_len, ban, early_stop) is one batched ``pez_core.invert`` run. Every target carries
 its request's seed, so a prompt does not depend on which requests shared its batch.
 
 Model calls run in a worker thread, so the replica keeps accepting requests (and the next batch
@@ -184,6 +184,7 @@ class _InvertItem:
     seed: int
     deadline: float
     max_pixels: int
+    early_stop: bool = True
 
 
 class _AllExpired(Exception):
@@ -222,9 +223,9 @@ class InvertModel(_Batched):
         return self._vocabs[ban]
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
-                     deadline: float, max_pixels: int) -> dict:
+                     deadline: float, max_pixels: int, early_stop: bool = True) -> dict:
         item = _InvertItem(image, steps, prompt_len, tuple(sorted({w.strip().lower() for w in ban if w.strip()})),
-                           seed, deadline, max_pixels)
+                           seed, deadline, max_pixels, early_stop)
         return await self._invert_batch(item)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -249,8 +250,8 @@ class InvertModel(_Batched):
         features = self.clip.encode_images(images)  # (k, e): one forward for the whole batch
         groups: dict[tuple, list[int]] = {}
         for j, i in enumerate(live):
-            groups.setdefault((items[i].steps, items[i].prompt_len, items[i].ban), []).append(j)
-        for (steps, prompt_len, ban), members in groups.items():
+            groups.setdefault((items[i].steps, items[i].prompt_len, items[i].ban, items[i].early_stop), []).append(j)
+        for (steps, prompt_len, ban, early_stop), members in groups.items():
             idx = [live[j] for j in members]
             deadline = max(items[i].deadline for i in idx)
 
@@ -267,7 +268,8 @@ class InvertModel(_Batched):
                 continue
             try:
                 stop_when_expired(0, None)
-                results = invert(self.clip, targets, PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban),
+                cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban, early_stop=early_stop)
+                results = invert(self.clip, targets, cfg,
                                  vocab=vocab, on_step=stop_when_expired)
             except _AllExpired:
                 log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))

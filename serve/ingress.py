@@ -157,7 +157,7 @@ def build_api(ing: Ingress) -> FastAPI:
         check_invert(options, limits)
         out = await ing.invert("invert", limits.invert_timeout_s, limits.retry_after_s, image=image,
                                steps=options.steps, prompt_len=options.prompt_len, ban=options.ban,
-                               seed=options.seed, max_pixels=limits.max_image_pixels)
+                               seed=options.seed, max_pixels=limits.max_image_pixels, early_stop=options.early_stop)
         return {**out, "image_size": list(size),
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 

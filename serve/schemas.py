@@ -82,6 +82,8 @@ class InvertOptions(BaseModel):
     ban: list[Text] = Field(default_factory=list, description="words no token of the prompt may contain")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initial prompt, 0 to 2**32 - 1 "
                       "(results do not depend on batching)")
+    early_stop: bool = Field(True, description="stop once the best prompt has plateaued (pez_core.stopping); "
+                             "false: run all `steps`")
 
 
 class InvertJSONRequest(InvertOptions):
@@ -102,7 +104,7 @@ class InvertResponse(BaseModel):
     steps_run: int
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     batch_size: int = Field(description="images in the model batch this request was part of (encoded together; "
-                            "one PEZ run per distinct (steps, prompt_len, ban) in it)")
+                            "one PEZ run per distinct (steps, prompt_len, ban, early_stop) in it)")
     latency_ms: float
 
 

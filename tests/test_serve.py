@@ -277,7 +277,7 @@ def test_time_limit_gives_504_json_and_frees_the_model(client, auth, sample_png)
 
     b64 = base64.b64encode(sample_png).decode()
     start = time.perf_counter()
-    r = client.post("/strict/v1/invert", json={"image_base64": b64, "steps": 1_000_000, "prompt_len": 4},
+    r = client.post("/strict/v1/invert", json={"image_base64": b64, "steps": 1_000_000, "prompt_len": 4, "early_stop": False},
                     headers=auth)
     assert_error(r, 504, type="timeout")
     assert time.perf_counter() - start < 10
