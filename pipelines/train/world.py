@@ -116,7 +116,7 @@ def build_job(args) -> WorldJob:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr}
+    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "hard_negatives": args.hard_negatives}
     config_file = None
     if args.config and args.config.endswith(".json"):
         if not os.path.isfile(args.config):
@@ -215,6 +215,8 @@ def register(subparsers) -> None:
     t.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
     t.add_argument("--batch", type=int, help="global batch, split over workers (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--hard-negatives", type=int, help="false captions per image close to its own, as extra "
+                   "image-to-text negatives (default: the recipe's, 2; 0: plain InfoNCE)")
     t.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes per attribute for the zero-shot "
                                                                "accuracy at the end (200; 0 skips it)")
     t.add_argument("--log-every", type=int, default=50, help="steps between loss rows in metrics.csv (50)")
