@@ -54,6 +54,8 @@ def test_a_bag_of_words_names_one_object_and_a_second_colour_is_the_background()
     p = parse("a red circle left of a blue square star")  # a relation still makes two objects
     assert [o.shape for o in p.objects] == ["circle", "square"] and p.relation == "left of"
     assert parse("a red star on a green background, blue").background == "green"  # the named one wins
+    p = parse("blue, big green heart")  # the nearer colour is the shape's, the earlier the background's
+    assert [(o.shape, o.colour, o.size) for o in p.objects] == [("heart", "green", "large")] and p.background == "blue"
 
 
 def test_hard_negatives_are_false_captions_close_to_the_true_one():

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
 SEEDS = {"world": 0, "world-ref": 1}  # the shipped presets' seeds (independently seeded models)
+# where a kind's shipped recipe differs from the WorldTrainConfig defaults (world-ref: the first release's)
+RECIPES = {"world": {}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
 
 
 @dataclass
@@ -125,7 +127,7 @@ def build_job(args) -> WorldJob:
     cfg = WorldTrainConfig(model=Path(config_file).stem if config_file else (args.config or KINDS[args.kind]),
                            seed=args.seed if args.seed is not None else SEEDS[args.kind],
                            threads=max(1, int(args.cpus_per_worker)),
-                           **{k: v for k, v in given.items() if v is not None})
+                           **{**RECIPES.get(args.kind, {}), **{k: v for k, v in given.items() if v is not None}})
     if cfg.batch % args.workers:
         raise ValueError(f"--batch {cfg.batch} must be divisible by --workers {args.workers}")
     inject = None
