@@ -45,6 +45,50 @@ def test_captions_parse_back_to_their_scene():
         assert [o.colour for o in p.objects] == [o.colour for o in s.objects]
 
 
+def test_a_bag_of_words_names_one_object_and_a_second_colour_is_the_background():
+    """Mutations caught: a shape word without a relation starting a second object; a second colour dropped."""
+    p = parse("a red circle star heart")
+    assert [(o.shape, o.colour) for o in p.objects] == [("circle", "red")] and p.relation is None
+    p = parse("red star orange crisp")
+    assert [(o.shape, o.colour) for o in p.objects] == [("star", "red")] and p.background == "orange"
+    p = parse("a red circle left of a blue square star")  # a relation still makes two objects
+    assert [o.shape for o in p.objects] == ["circle", "square"] and p.relation == "left of"
+    assert parse("a red star on a green background, blue").background == "green"  # the named one wins
+    p = parse("blue, big green heart")  # the nearer colour is the shape's, the earlier the background's
+    assert [(o.shape, o.colour, o.size) for o in p.objects] == [("heart", "green", "large")] and p.background == "blue"
+
+
+def test_hard_negatives_are_false_captions_close_to_the_true_one():
+    """Mutation caught: a negative that equals its positive (a false negative) or differs in many words."""
+    from pez_core.world.train_clip import WorldTrainConfig, hard_negative_captions
+
+    cfg, rng, close = WorldTrainConfig(hard_negatives=3), random.Random(3), 0
+    for _ in range(100):
+        s = sample_scene(rng, 0.4)
+        template = rng.getstate()
+        positive = caption(s, rng, drop=cfg.drop)
+        negatives = hard_negative_captions(s, positive, template, rng, cfg)
+        assert len(negatives) == 3 and positive not in negatives
+        close += sum(len(set(n.split()) ^ set(positive.split())) <= 2 for n in negatives if n)
+    assert close >= 0.75 * 300  # most differ from the positive in one word (a desynchronised synonym at worst)
+
+
+def test_hard_negatives_enter_the_image_to_text_loss(tiny_cfg):
+    """Mutation caught: hard-negative captions encoded but left out of the softmax (loss unchanged)."""
+    from dataclasses import replace
+
+    from pez_core.world.train_clip import build_model, loss_of, make_batch
+
+    torch.set_num_threads(1)
+    cfg = replace(tiny_cfg, hard_negatives=2)
+    model, batch = build_model(cfg), make_batch(cfg, 0)
+    with torch.no_grad():
+        with_negatives = loss_of(model, batch, 0.0)[1]["clip_loss"]
+        masked = loss_of(model, {**batch, "negative_mask": torch.zeros_like(batch["negative_mask"])}, 0.0)[1]
+    assert batch["negative_ids"].shape[0] == 2 * cfg.batch
+    assert with_negatives > masked["clip_loss"] + 1e-4
+
+
 def test_render_is_deterministic_per_seed_and_varies_across_seeds():
     a, b, c = (np.asarray(render("a star", s)) for s in (3, 3, 4))
     assert (a == b).all()

@@ -54,7 +54,15 @@ def words(text: str) -> list[str]:
 def parse(text: str) -> PartialScene:
     """Objects are shape words; a colour / size word belongs to the next shape (or, after the last one,
     to the last); a colour right before "background" is the background; "left of", "right of",
-    "above", "below" (and synonyms) between two shapes are their relation; the first relation wins."""
+    "above", "below" (and synonyms) between two shapes are their relation; the first relation wins.
+
+    As in every caption of the world, a second object exists only when a relation word introduces it:
+    a shape word with no relation word since the previous object names that object again ("a red
+    circle star", "a heart heart") and changes nothing but what it carries into an empty slot. So a
+    bag of words, such as a hard prompt, draws one object, not a random pair. Of two colour words
+    before a shape the nearer is the shape's and the other the background's ("blue, green heart"), and
+    a colour an object cannot take (it has one) is the background's ("a red star, blue"), unless a
+    colour before "background" named it."""
     ws = words(text)
     out = PartialScene()
     pending: dict[str, str] = {}
@@ -63,14 +71,19 @@ def parse(text: str) -> PartialScene:
         if w in _COLOUR and nxt in BACKGROUND_WORDS:
             out.background = out.background or _COLOUR[w]
         elif w in _COLOUR or w in _SIZE:
-            key = "colour" if w in _COLOUR else "size"
-            if key in pending or (out.objects and i > 0 and ws[i - 1] in _SHAPE):
-                # a second word for the same slot, or a word right after a shape: the previous object's
-                _attach_back(out, key, _COLOUR.get(w) or _SIZE[w])
+            key, value = ("colour", _COLOUR[w]) if w in _COLOUR else ("size", _SIZE[w])
+            if out.objects and i > 0 and ws[i - 1] in _SHAPE:  # right after a shape: that object's
+                _attach_back(out, key, value)
             else:
-                pending[key] = _COLOUR.get(w) or _SIZE[w]
+                if key in pending:  # a second word for the slot: the nearer one goes to the next shape,
+                    _attach_back(out, key, pending[key])  # the earlier to the last object or the background
+                pending[key] = value
         elif w in _SHAPE:
-            out.objects.append(PartialObj(_SHAPE[w], pending.get("colour"), pending.get("size")))
+            if not out.objects or (len(out.objects) == 1 and out.relation is not None):
+                out.objects.append(PartialObj(_SHAPE[w], pending.get("colour"), pending.get("size")))
+            else:  # no relation since the last object: the same object named again (its first shape wins)
+                for key, value in pending.items():
+                    _attach_back(out, key, value)
             pending = {}
         elif w in ("left", "right") and nxt == "of":
             if out.relation is None and len(out.objects) == 1:
@@ -100,5 +113,9 @@ def parse(text: str) -> PartialScene:
 
 
 def _attach_back(out: PartialScene, key: str, value: str) -> None:
+    """A colour / size word for the last object; a colour it cannot take (it has another) is the
+    background's when nothing else named the background ("a red star, blue" is a red star on blue)."""
     if out.objects and getattr(out.objects[-1], key) is None:
         setattr(out.objects[-1], key, value)
+    elif key == "colour" and out.background is None and value not in {o.colour for o in out.objects}:
+        out.background = value  # also a colour named before any object, when another follows it

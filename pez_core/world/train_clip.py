@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 class WorldTrainConfig:
     model: str = "promptmine-world-rn"  # open_clip config name (pez_core/model_configs/<name>.json)
     seed: int = 0  # model init and data; the data of step k comes from (seed, k) only
-    steps: int = 1500  # optimiser steps (1000-4000)
+    steps: int = 3000  # optimiser steps (1000-4000)
     batch: int = 64  # global batch (64-256); split over workers by rank
     lr: float = 2e-3  # peak AdamW lr (5e-4 - 3e-3)
     warmup: float = 0.05  # share of steps with a linear warmup; then cosine to lr_end
@@ -52,6 +52,7 @@ class WorldTrainConfig:
     filler: float = 0.3  # chance a caption gets 1-3 random non-world tokens (teaches "ignore unknown words")
     aux_weight: float = 1.0  # auxiliary attribute-classification loss weight at step 0 (0 disables)
     aux_until: float = 0.8  # share of steps over which the aux weight decays linearly to 0
+    hard_negatives: int = 2  # extra captions per image that differ from its own in one attribute (0-4)
     threads: int = 1  # torch threads per worker
 
     def __post_init__(self):
@@ -61,6 +62,8 @@ class WorldTrainConfig:
             raise ValueError(f"lr must be in (0, 1), got {self.lr}")
         if not (0 <= self.drop < 1 and 0 <= self.filler <= 1 and 0 < self.aux_until <= 1):
             raise ValueError("drop in [0, 1), filler in [0, 1], aux_until in (0, 1] needed")
+        if not 0 <= self.hard_negatives <= 8:
+            raise ValueError(f"hard_negatives must be in 0..8, got {self.hard_negatives}")
 
 
 # ---- labels of the auxiliary heads ----------------------------------------------------------------
@@ -154,25 +157,78 @@ def image_size(cfg: WorldTrainConfig) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+NEGATIVE_ATTRIBUTES = ("colour", "shape", "size", "position", "background", "fill", "sharpness", "saturation")
+
+
+def hard_negative_captions(scene, positive: str, template, rng: random.Random, cfg: WorldTrainConfig) -> list[str]:
+    """``cfg.hard_negatives`` false captions of ``scene``, each as close to its caption ``positive`` as
+    possible (written from the positive's rng state ``template``, so the same template and synonyms):
+
+    - three in four change one attribute (one object's colour, shape or size, the position or relation,
+      the background, fill, sharpness or saturation): the zero-shot test's alternatives;
+    - the others swap colours (the object's with the background's; the two objects' with each other):
+      only the binding of colour words to what they colour tells these apart.
+    One whose text equals the positive (its word was dropped) is retried, then left "" (masked out).
+    (Negatives that insert a contradicting word were tried too: PEZ then filled its prompts with the
+    no-op token instead of content words, and regenerated images got worse; docs/world.md.)"""
+    from .zeroshot import alternatives
+
+    out = []
+    for _ in range(cfg.hard_negatives):
+        text = ""
+        for _ in range(4):
+            alt = _swapped(scene) if rng.random() < 0.25 else _one_changed(scene, rng, alternatives)
+            writer = random.Random()
+            writer.setstate(template)
+            text = caption(alt, writer, drop=cfg.drop)
+            if text != positive:
+                break
+            text = ""
+        out.append(text)
+    return out
+
+
+def _one_changed(scene, rng: random.Random, alternatives):
+    two = len(scene.objects) == 2
+    attr = rng.choice([a for a in NEGATIVE_ATTRIBUTES if not (two and a == "position")] + (["relation"] if two else []))
+    if attr in ("colour", "shape", "size") and two and rng.random() < 0.5:  # change the second object
+        flipped = replace(scene, objects=scene.objects[::-1])
+        return replace(scene, objects=rng.choice(alternatives(flipped, attr)).objects[::-1])
+    return rng.choice(alternatives(scene, attr))
+
+
+def _swapped(scene):
+    a = scene.objects[0]
+    if len(scene.objects) == 2:
+        b = scene.objects[1]
+        return replace(scene, objects=(replace(a, colour=b.colour), replace(b, colour=a.colour)))
+    return replace(scene, background=a.colour, objects=(replace(a, colour=scene.background),))
+
+
 def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int = 1) -> dict:
     """Rank ``rank``'s slice of the global batch of ``step``: images, text ids, head labels, scenes."""
     if cfg.batch % world_size:
         raise ValueError(f"batch {cfg.batch} is not divisible by world_size {world_size}")
     per = cfg.batch // world_size
     size, text = image_size(cfg), _text()
-    scenes, captions, images, rngs = [], [], [], []
+    scenes, captions, images, rngs, negatives = [], [], [], [], []
     for i in range(rank * per, (rank + 1) * per):
         rng = random.Random(f"{cfg.seed}:{step}:{i}")
         scene = sample_scene(rng, cfg.two_objects)
         scenes.append(scene)
+        template = rng.getstate()
         captions.append(caption(scene, rng, drop=cfg.drop))
         images.append(render_scene(scene, rng.randrange(1 << 30), size))
+        negatives += hard_negative_captions(scene, captions[-1], template, rng, cfg)
         rngs.append(rng)
     ids = text.ids(captions, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:filler"), cfg.filler)
+    neg_ids = text.ids(negatives, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:neg"), cfg.filler)
+    neg_mask = torch.tensor([bool(t) for t in negatives], dtype=torch.bool)
     img_labels = [_labels(s) for s in scenes]
     txt_labels = [_labels(parse(c)) for c in captions]
     stack = lambda rows: {k: torch.tensor([r[k] for r in rows]) for k in HEADS}  # noqa: E731
-    return {"images": to_tensor(images), "ids": ids, "image_labels": stack(img_labels),
+    return {"images": to_tensor(images), "ids": ids, "negative_ids": neg_ids, "negative_mask": neg_mask,
+            "image_labels": stack(img_labels),
             "text_labels": stack(txt_labels), "scenes": scenes, "captions": captions}
 
 
@@ -201,14 +257,18 @@ class WorldTrainModel(nn.Module):
         self.image_heads = nn.ModuleDict({k: nn.Linear(embed_dim, c) for k, c in HEADS.items()})
         self.text_heads = nn.ModuleDict({k: nn.Linear(embed_dim, c) for k, c in HEADS.items()})
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor):
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, negative_ids: torch.Tensor | None = None):
         img = F.normalize(self.clip.encode_image(images), dim=-1)
+        b = len(ids)
+        if negative_ids is not None and len(negative_ids):
+            ids = torch.cat([ids, negative_ids])  # one text forward for captions and hard negatives
         txt = F.normalize(encode_text_short(self.clip, ids), dim=-1)
+        txt, neg = txt[:b], txt[b:]
         # the heads read unit vectors scaled by sqrt(e), so that they can reach confident logits quickly
         s = img.shape[1] ** 0.5
         aux_img = {k: h(s * img) for k, h in self.image_heads.items()}
         aux_txt = {k: h(s * txt) for k, h in self.text_heads.items()}
-        return img, txt, self.clip.logit_scale.exp().clamp(max=100), aux_img, aux_txt
+        return img, txt, self.clip.logit_scale.exp().clamp(max=100), aux_img, aux_txt, neg
 
 
 def build_model(cfg: WorldTrainConfig) -> WorldTrainModel:
@@ -260,14 +320,18 @@ def aux_weight_at(cfg: WorldTrainConfig, step: int) -> float:
 
 
 def loss_of(model: nn.Module, batch: dict, aux_w: float) -> tuple[torch.Tensor, dict]:
-    """Symmetric InfoNCE (+ aux_w x head cross-entropy, summed over heads, averaged over the two towers);
+    """Symmetric InfoNCE, image -> text also against the hard-negative captions (+ aux_w x head cross-entropy, summed over heads, averaged over the two towers);
     ``model`` may be DDP-wrapped.
 
     Under DDP each worker contrasts its own slice; gathering features across workers is the caller's."""
-    img, txt, scale, aux_img, aux_txt = model(batch["images"], batch["ids"])
+    img, txt, scale, aux_img, aux_txt, neg = model(batch["images"], batch["ids"], batch.get("negative_ids"))
     logits = scale * img @ txt.T  # (b, b)
     target = torch.arange(len(img))
-    clip_loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    i2t = logits
+    if len(neg):  # image -> text also against every hard-negative caption of the batch (empty ones masked)
+        neg_logits = (scale * img @ neg.T).masked_fill(~batch["negative_mask"], float("-inf"))
+        i2t = torch.cat([logits, neg_logits], dim=1)  # (b, b + b * hard_negatives)
+    clip_loss = 0.5 * (F.cross_entropy(i2t, target) + F.cross_entropy(logits.T, target))
     aux = sum(_ce(aux_img[k], batch["image_labels"][k]) + _ce(aux_txt[k], batch["text_labels"][k]) for k in HEADS)
     aux = aux / 2  # summed over heads (a mean over 11 heads made each too weak to move the towers)
     loss = clip_loss + aux_w * aux if aux_w > 0 else clip_loss + 0.0 * aux

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
 SEEDS = {"world": 0, "world-ref": 1}  # the shipped presets' seeds (independently seeded models)
+# where a kind's shipped recipe differs from the WorldTrainConfig defaults (world-ref: the first release's)
+RECIPES = {"world": {}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
 
 
 @dataclass
@@ -116,7 +118,7 @@ def build_job(args) -> WorldJob:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr}
+    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "hard_negatives": args.hard_negatives}
     config_file = None
     if args.config and args.config.endswith(".json"):
         if not os.path.isfile(args.config):
@@ -125,7 +127,7 @@ def build_job(args) -> WorldJob:
     cfg = WorldTrainConfig(model=Path(config_file).stem if config_file else (args.config or KINDS[args.kind]),
                            seed=args.seed if args.seed is not None else SEEDS[args.kind],
                            threads=max(1, int(args.cpus_per_worker)),
-                           **{k: v for k, v in given.items() if v is not None})
+                           **{**RECIPES.get(args.kind, {}), **{k: v for k, v in given.items() if v is not None}})
     if cfg.batch % args.workers:
         raise ValueError(f"--batch {cfg.batch} must be divisible by --workers {args.workers}")
     inject = None
@@ -215,6 +217,8 @@ def register(subparsers) -> None:
     t.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
     t.add_argument("--batch", type=int, help="global batch, split over workers (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    t.add_argument("--hard-negatives", type=int, help="false captions per image close to its own, as extra "
+                   "image-to-text negatives (default: the recipe's, 2; 0: plain InfoNCE)")
     t.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes per attribute for the zero-shot "
                                                                "accuracy at the end (200; 0 skips it)")
     t.add_argument("--log-every", type=int, default=50, help="steps between loss rows in metrics.csv (50)")
