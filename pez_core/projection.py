@@ -55,11 +55,11 @@ def token_texts(tokenizer, ids: Iterable[int]) -> list[str]:
 
 def ban_words(entries: Iterable[str]) -> list[str]:
     """Normalise a ban-list: lower case, each entry split into its words, punctuation at a word's ends
-    dropped ("Cat," -> "cat"; a word of punctuation alone is kept as it is), duplicates removed."""
+    dropped ("Cat," -> "cat"; a word of punctuation alone is kept as it is)."""
     words = []
     for entry in entries:
         words.extend(w.strip(string.punctuation) or w for w in entry.lower().split())
-    return list(dict.fromkeys(words))
+    return words
 
 
 def banned_ids(tokenizer, ids: Iterable[int], words: Sequence[str] = (), substrings: Sequence[str] = ()) -> set[int]:

@@ -226,7 +226,7 @@ class InvertModel(_Batched):
                      deadline: float, max_pixels: int, ban_substring: list[str] = ()) -> dict:
         from pez_core.projection import ban_words
 
-        key = (tuple(sorted(ban_words(ban))), tuple(sorted(ban_words(ban_substring))))
+        key = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
         item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels)
         return await self._invert_batch(item)
 

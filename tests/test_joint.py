@@ -67,7 +67,7 @@ def test_joint_prompt_scores_on_both_encoders(pair, joint, sample_images):
     for c, other in [(pair[0], pair[1]), (pair[1], pair[0])]:
         feats = c.encode_images(images)
 
-        def score(results):
+        def score(results, c=c, feats=feats):
             return sum(float(c.encode_ids(torch.tensor([r.token_ids]))[0] @ f) for r, f in zip(results, feats)) / 3
 
         joint_on_c = sum(r.extra["encoders"][c.name] for r in both) / 3
@@ -88,7 +88,7 @@ def test_cli_joint_model_reports_each_encoder(tmp_path, capsys):
     assert set(row["encoders"]) == {"world", "world-ref"}
     assert row["cosine"] == pytest.approx(sum(row["encoders"].values()) / 2, abs=1e-4)
     assert main(["invert", str(image), "--model", "world+world-ref", "--steps", "5", "--prompt-len", "4"]) == 0
-    path, cosine, prompt = capsys.readouterr().out.strip().split("\t")
+    path, cosine, _prompt = capsys.readouterr().out.strip().split("\t")
     assert path == str(image) and cosine.startswith("cosine=") and " (world=" in cosine and "world-ref=" in cosine
 
 
