@@ -16,6 +16,7 @@ _EXPORTS = {
     "PEZConfig": "pez", "PEZResult": "pez", "Target": "pez", "concat_prompts": "pez", "feature_target": "pez",
     "image_target": "pez", "invert": "pez", "text_target": "pez",
     "Vocabulary": "projection", "invert_stream": "stream",
+    "JointClip": "joint",
     "invert_reference": "reference",
 }
 __all__ = sorted(_EXPORTS)

@@ -190,16 +190,27 @@ def load_clip(
 ) -> ClipModel:
     """Load a frozen CLIP.
 
-    ``spec`` is a preset (``sd15``, ``sd2``, ``sdxl``, ``tiny``), an open_clip model name (then
+    ``spec`` is a preset (``sd15``, ``sd2``, ``sdxl``, ``sdxl-g``, ``tiny``, ...), an open_clip model name (then
     ``pretrained`` is its tag, a local checkpoint file, or None/"random" for random weights), or a
     folder holding ``open_clip_config.json`` and weights (as :func:`save_clip` writes it; also
     accepted with open_clip's ``local-dir:`` prefix). Online users get real weights through
-    open_clip's own loader.
+    open_clip's own loader. A joint preset (``sdxl``) or several specs joined by ``+`` (``world+world-ref``)
+    give a :class:`pez_core.joint.JointClip`: their text encoders read one prompt at once.
     """
     import open_clip
 
     _register_configs()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    parts = PRESETS[spec].parts if spec in PRESETS else ()
+    if not parts and "+" in spec and not os.path.isdir(spec.removeprefix("local-dir:")):
+        parts = tuple(s.strip() for s in spec.split("+"))
+    if parts:
+        from .joint import JointClip
+
+        if pretrained is not None:
+            raise ValueError(f"{spec!r} joins several CLIPs: give each its weights as a preset or folder, "
+                             "not one pretrained tag")
+        return JointClip([load_clip(p, device=device, precision=precision) for p in parts], name=spec)
     seed = None
     if spec in PRESETS and PRESETS[spec].folder:
         path = WORLD_DIR / PRESETS[spec].folder

@@ -45,7 +45,8 @@ class PEZConfig:
     patience: int | None = None  # also stop a target after this many steps without a better prompt
     target_cosine: float | None = None  # also stop a target once its best cosine reaches this (-1..1)
     safe_vocab: bool = True  # only round-trip-safe whole-word tokens (see projection.py)
-    ban: tuple[str, ...] = ()  # banned words/substrings: no token containing one is a candidate
+    ban: tuple[str, ...] = ()  # banned whole words: no token whose word is one (any case) is a candidate
+    ban_substring: tuple[str, ...] = ()  # banned substrings: no token containing one (safety filters)
     allow: tuple[str, ...] | None = None  # keyword bank: only tokens of these words are candidates
     projection: Literal["exact", "fast"] = "fast"  # fast = bf16 ranking + exact fp32 re-rank
 
@@ -66,7 +67,7 @@ class PEZConfig:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
             raise ValueError(f"target_cosine must be in [-1, 1], got {self.target_cosine}")
-        self.ban = tuple(self.ban)
+        self.ban, self.ban_substring = tuple(self.ban), tuple(self.ban_substring)
         self.allow = tuple(self.allow) if self.allow is not None else None
 
 
@@ -204,6 +205,8 @@ def _result(clip, target: Target, ids: list[int], cos: float, best_step: int, st
         ids = back[: clip.context_length - 2]
         rescored = clip.encode_ids(torch.tensor([ids], device=clip.device))
         cos = float((torch.einsum("e,ke->k", rescored[0], feats) * weights).sum())
+    if hasattr(clip, "encoder_cosines"):  # several text encoders at once (joint.py): each one's score
+        extra["encoders"] = clip.encoder_cosines(ids, feats, weights)
     return PEZResult(text, ids, cos, best_step, steps_run, target.kind, extra)
 
 

@@ -17,12 +17,15 @@ class Preset:
     pretrained: str | None  # open_clip pretrained tag; None builds random weights (seeded)
     fits: str  # which text-to-image model's text encoder this is
     folder: str | None = None  # weights shipped with promptmine: a save_clip folder under WORLD_DIR
+    parts: tuple[str, ...] = ()  # a joint preset: these presets' text encoders read one prompt (joint.py)
 
 
 PRESETS: dict[str, Preset] = {
     "sd15": Preset("ViT-L-14", "openai", "Stable Diffusion 1.x"),
     "sd2": Preset("ViT-H-14", "laion2b_s32b_b79k", "Stable Diffusion 2.x (the paper's model)"),
-    "sdxl": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder)"),
+    "sdxl": Preset("ViT-L-14+ViT-bigG-14", None, "SDXL (both its text encoders at once: sd15's and sdxl-g's)",
+                   parts=("sd15", "sdxl-g")),
+    "sdxl-g": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder alone)"),
     "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for fast offline tests"),
     "world": Preset("promptmine-world-rn", None, "promptmine's world (its renderer): a CLIP trained offline, shipped",
                     folder="world"),

@@ -11,9 +11,10 @@ one token; any sequence of them decodes to space-separated words that re-tokenis
 
 from __future__ import annotations
 
-import functools
 import logging
-from typing import Iterable, Literal, Sequence
+import string
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,9 +24,21 @@ log = logging.getLogger(__name__)
 PAD_ID = 0  # open_clip pads with id 0; never a candidate, as the start and end tokens
 
 
-@functools.lru_cache(maxsize=4)
 def _safe_ids(tokenizer) -> tuple[int, ...]:
-    """Whole-word tokens that survive decode -> encode alone (cached per tokenizer)."""
+    """Whole-word tokens that survive decode -> encode alone (cached per vocabulary: every CLIP loaded
+    has its own tokenizer object, and most share CLIP's BPE table)."""
+    key = (type(tokenizer).__name__, tokenizer.sot_token_id, tokenizer.eot_token_id, tuple(tokenizer.decoder.items()))
+    if key not in _SAFE_IDS:
+        if len(_SAFE_IDS) >= 4:
+            _SAFE_IDS.pop(next(iter(_SAFE_IDS)))
+        _SAFE_IDS[key] = _find_safe_ids(tokenizer)
+    return _SAFE_IDS[key]
+
+
+_SAFE_IDS: dict[tuple, tuple[int, ...]] = {}
+
+
+def _find_safe_ids(tokenizer) -> tuple[int, ...]:
     special = {tokenizer.sot_token_id, tokenizer.eot_token_id, PAD_ID}
     safe = []
     for tok_id, piece in tokenizer.decoder.items():
@@ -41,11 +54,70 @@ def token_texts(tokenizer, ids: Iterable[int]) -> list[str]:
 
 
 def ban_words(entries: Iterable[str]) -> list[str]:
-    """Normalise a ban-list: lower case, split multi-word entries into their words."""
+    """Normalise a ban-list: lower case, each entry split into its words, punctuation at a word's ends
+    dropped ("Cat," -> "cat"; a word of punctuation alone is kept as it is)."""
     words = []
     for entry in entries:
-        words.extend(w for w in entry.lower().split() if w)
+        words.extend(w.strip(string.punctuation) or w for w in entry.lower().split())
     return words
+
+
+def banned_ids(tokenizer, ids: Iterable[int], words: Sequence[str] = (), substrings: Sequence[str] = ()) -> set[int]:
+    """The ids among ``ids`` that a ban-list removes (``words`` and ``substrings`` as :func:`ban_words` gives).
+
+    A token's *word* is its text without ``</w>``, lower-cased and stripped. ``words`` bans whole words:
+    a whole-word token is removed iff its word is a banned word, so banning "cat" keeps "education" and
+    "cats". ``substrings`` is the conservative mode for safety filters: a token is removed iff its word
+    contains a banned string.
+
+    Sub-word pieces (no ``</w>``; candidates only outside the safe vocabulary) glue onto the next token
+    when decoded, so a banned word could be spelt from pieces ("ca" + "t" -> "cat"). Every such spelling
+    starts with a piece that is a prefix of the word (leading punctuation aside), so in whole-word mode a
+    piece is also removed iff it is a non-empty prefix of a banned word ("c", "ca", "cat": this costs
+    "cat" as the start of "catalog"). In substring mode a piece is also removed iff it ends with a
+    non-empty proper prefix of a banned string (the join could complete it: "edu" + "cation" with "cat").
+    """
+    words, substrings = set(words), list(substrings)
+    prefixes = {w[:k] for w in words for k in range(1, len(w) + 1)}
+    out = set()
+    for i in ids:
+        word = tokenizer.decode([i]).strip().lower()
+        piece = not tokenizer.decoder[i].endswith("</w>")
+        glue = piece and (word.lstrip(string.punctuation) in prefixes
+                          or any(word.endswith(s[:k]) for s in substrings for k in range(1, len(s))))
+        if glue or word in words or any(s in word for s in substrings):
+            out.add(i)
+    return out
+
+
+def bank_report(tokenizer, allow: Sequence[str], candidates: set[int]) -> dict[str, list[str]]:
+    """The keyword-bank entries a prompt cannot use as CLIP reads them: entry -> the texts of its tokens
+    that are candidates (fragments, such as "photorealistic" -> ["realistic"] in the safe vocabulary,
+    whose "photo" is a sub-word piece; [] when none is). An entry is usable iff every token of it is a
+    whole-word candidate ("oil painting", and "4k", which CLIP reads as "4 k")."""
+    report = {}
+    for entry in allow:
+        ids = tokenizer.encode(entry)
+        if not ids or not all(i in candidates and tokenizer.decoder[i].endswith("</w>") for i in ids):
+            report[entry] = token_texts(tokenizer, [i for i in ids if i in candidates])
+    return report
+
+
+def describe_bank_report(report: dict[str, list[str]], limit: int | None = None) -> str:
+    """One line: photorealistic -> only 'realistic'; zzz -> no token."""
+    items = list(report.items())
+    parts = [f"{e} -> only " + " ".join(repr(t) for t in kept) if kept else f"{e} -> no token"
+             for e, kept in items[:limit]]
+    more = f"; and {len(items) - limit} more" if limit is not None and len(items) > limit else ""
+    return "; ".join(parts) + more
+
+
+def normalize_parts(x: torch.Tensor, widths: Sequence[int] | None) -> torch.Tensor:
+    """Rows normalised as a whole, or each of the consecutive parts of these ``widths`` on its own (the
+    token table of several text encoders side by side: a dot product is then the sum of their cosines)."""
+    if not widths:
+        return F.normalize(x, dim=-1)
+    return torch.cat([F.normalize(p, dim=-1) for p in x.split(list(widths), dim=-1)], dim=-1)
 
 
 class Vocabulary:
@@ -61,6 +133,7 @@ class Vocabulary:
         safe: bool = True,
         allow: Sequence[str] | None = None,
         ban: Sequence[str] = (),
+        ban_substring: Sequence[str] = (),
         projection: Literal["exact", "fast"] = "fast",
         rerank: int = 8,
     ):
@@ -71,21 +144,18 @@ class Vocabulary:
             ids = list(_safe_ids(tok))
         else:
             ids = [i for i in range(vocab_size) if i not in special]
-        self.banned = ban_words(ban)
-        if self.banned:
-            texts = token_texts(tok, ids)
-            ids = [i for i, t in zip(ids, texts) if not any(w in t for w in self.banned)]
+        self.banned, self.banned_substrings = ban_words(ban), ban_words(ban_substring)
+        if self.banned or self.banned_substrings:
+            drop = banned_ids(tok, ids, self.banned, self.banned_substrings)
+            ids = [i for i in ids if i not in drop]
+        self.bank_report: dict[str, list[str]] = {}  # keyword-bank entries not usable as written
         if allow is not None:
-            allowed, unused = set(), []
-            for word in allow:
-                word_ids = [i for i in tok.encode(word) if i not in special]
-                if not word_ids:
-                    unused.append(word)
-                allowed.update(word_ids)
-            base = set(ids)
-            ids = sorted(allowed & base)
-            if unused:
-                log.warning("allow-list: %d entries give no token: %s", len(unused), unused[:10])
+            allowed = {i for word in allow for i in tok.encode(word) if i not in special}
+            ids = sorted(allowed & set(ids))
+            self.bank_report = bank_report(tok, allow, set(ids))
+            if self.bank_report:
+                log.warning("keyword bank: %d of %d entries only as fragments or not at all: %s",
+                            len(self.bank_report), len(allow), describe_bank_report(self.bank_report, limit=10))
         if not ids:
             raise ValueError("no candidate tokens left after the allow-list and ban-list")
         self.clip = clip
@@ -94,24 +164,34 @@ class Vocabulary:
         self.ids = torch.tensor(ids, dtype=torch.long, device=clip.device)  # (c,)
         table = clip.token_embedding.detach()[self.ids].float()
         self.table = table  # (c, d) raw rows, what the text encoder sees
-        self.table_n = F.normalize(table, dim=-1)  # (c, d)
+        self.widths = getattr(clip, "part_widths", None)  # several text encoders side by side (joint.py)
+        self.table_n = normalize_parts(table, self.widths)  # (c, d)
         if projection == "fast":
             self.table_low = self.table_n.to(torch.bfloat16)
         elif projection != "exact":
             raise ValueError(f"projection must be 'exact' or 'fast', got {projection!r}")
+
+    @classmethod
+    def from_config(cls, clip, cfg) -> Vocabulary:
+        """The candidates a PEZConfig asks for."""
+        return cls(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, ban_substring=cfg.ban_substring,
+                   projection=cfg.projection)
 
     def __len__(self) -> int:
         return self.ids.numel()
 
     @torch.no_grad()
     def project(self, prompt: torch.Tensor) -> torch.Tensor:
-        """Nearest candidate ids (b, n) by cosine for continuous prompts (b, n, d).
+        """Nearest candidate ids (b, n) by cosine for continuous prompts (b, n, d); for several encoders
+        side by side (``clip.part_widths``), by the sum of their cosines.
 
         ``fast`` ranks all candidates in bfloat16 and re-ranks the best ``rerank`` exactly in fp32,
         which returns the exact argmax unless bf16 rounding pushes it out of the top ``rerank``.
         """
         b, n, d = prompt.shape
         q = prompt.reshape(b * n, d).float()
+        if self.widths:  # each part's cosine counts once, whatever the norms of the two halves
+            q = normalize_parts(q, self.widths)
         if self.projection == "exact":
             local = (q @ self.table_n.T).argmax(dim=-1)
         else:

@@ -109,8 +109,7 @@ class Stream:
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.cfg = cfg
-        self.vocab = vocab or Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban,
-                                         projection=cfg.projection)
+        self.vocab = vocab or Vocabulary.from_config(clip, cfg)
         self.slots = _Slots(clip, self.vocab, cfg, slots)
         self.queue = enumerate(targets)
         self.on_step, self.trace = on_step, trace

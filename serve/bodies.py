@@ -97,10 +97,12 @@ async def parse_invert(request: Request) -> tuple[bytes, InvertOptions]:
         if upload is None or isinstance(upload, str):
             raise ApiError(422, "image: field required (a file part named 'image')", "image")
         data = await upload.read()
-        fields = {k: v for k, v in form.items() if k not in ("image", "ban")}
-        ban = [w.strip() for entry in form.getlist("ban") for w in str(entry).split(",") if w.strip()]
+        lists = ("ban", "ban_substring")
+        fields = {k: v for k, v in form.items() if k != "image" and k not in lists}
+        for key in lists:
+            fields[key] = [w.strip() for entry in form.getlist(key) for w in str(entry).split(",") if w.strip()]
         try:  # form fields are strings: lax parsing turns "200" into 200 (and refuses "true")
-            return data, InvertOptions.model_validate({**fields, "ban": ban}, strict=False)
+            return data, InvertOptions.model_validate(fields, strict=False)
         except ValidationError as e:
             raise validation_error(e.errors()) from None
     if ctype not in ("application/json", ""):

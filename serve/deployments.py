@@ -3,7 +3,7 @@
 ``RewriteModel``: each request's prompts join one batch, counted in prompts (``batch_size_fn``), and
 each group of requests with the same generation options is one ``Rewriter.rewrite_detailed`` call.
 ``InvertModel``: each request is one image; the batch's images are encoded together and each group
-with the same (steps, prompt_len, ban, early_stop) is one batched ``pez_core.invert`` run. Every target carries
+with the same (steps, prompt_len, ban lists, early_stop) is one batched ``pez_core.invert`` run. Every target carries
 its request's seed, so a prompt does not depend on which requests shared its batch.
 
 Model calls run in a worker thread, so the replica keeps accepting requests (and the next batch
@@ -180,7 +180,7 @@ class _InvertItem:
     image: bytes
     steps: int
     prompt_len: int
-    ban: tuple[str, ...]
+    ban: tuple[tuple[str, ...], tuple[str, ...]]  # (whole words, substrings), normalised
     seed: int
     deadline: float
     max_pixels: int
@@ -205,27 +205,30 @@ class InvertModel(_Batched):
         self._vocabs: OrderedDict[tuple, object] = OrderedDict()
         self.batch_stats = BatchStats()
         self.settings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05)
-        self._vocabulary(())  # build the default candidate table now, not on the first request
+        self._vocabulary(((), ()))  # build the default candidate table now, not on the first request
 
     def info(self) -> dict:
         return {"model": self.clip.name, "device": str(self.clip.device),
                 "context_length": self.clip.context_length}
 
-    def _vocabulary(self, ban: tuple[str, ...]):
-        """The candidate table for a ban list (cached: building one scans the whole vocabulary)."""
+    def _vocabulary(self, ban: tuple[tuple[str, ...], tuple[str, ...]]):
+        """The candidate table for (whole-word ban list, substring ban list) (cached: building one scans
+        the whole vocabulary)."""
         from pez_core import Vocabulary
 
         if ban not in self._vocabs:
-            self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban)
+            self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban[0], ban_substring=ban[1])
             if len(self._vocabs) > self.vocab_cache_size:
                 self._vocabs.popitem(last=False)
         self._vocabs.move_to_end(ban)
         return self._vocabs[ban]
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
-                     deadline: float, max_pixels: int, early_stop: bool = True) -> dict:
-        item = _InvertItem(image, steps, prompt_len, tuple(sorted({w.strip().lower() for w in ban if w.strip()})),
-                           seed, deadline, max_pixels, early_stop)
+                     deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True) -> dict:
+        from pez_core.projection import ban_words
+
+        key = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
+        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop)
         return await self._invert_batch(item)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -268,9 +271,9 @@ class InvertModel(_Batched):
                 continue
             try:
                 stop_when_expired(0, None)
-                cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban, early_stop=early_stop)
-                results = invert(self.clip, targets, cfg,
-                                 vocab=vocab, on_step=stop_when_expired)
+                cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban[0], ban_substring=ban[1],
+                                early_stop=early_stop)
+                results = invert(self.clip, targets, cfg, vocab=vocab, on_step=stop_when_expired)
             except _AllExpired:
                 log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
                 continue

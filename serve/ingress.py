@@ -157,7 +157,8 @@ def build_api(ing: Ingress) -> FastAPI:
         check_invert(options, limits)
         out = await ing.invert("invert", limits.invert_timeout_s, limits.retry_after_s, image=image,
                                steps=options.steps, prompt_len=options.prompt_len, ban=options.ban,
-                               seed=options.seed, max_pixels=limits.max_image_pixels, early_stop=options.early_stop)
+                               ban_substring=options.ban_substring, seed=options.seed,
+                               max_pixels=limits.max_image_pixels, early_stop=options.early_stop)
         return {**out, "image_size": list(size),
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -193,19 +194,21 @@ def check_invert(options: InvertOptions, limits: Limits) -> None:
     if options.prompt_len > limits.max_prompt_len:
         raise ApiError(422, f"prompt_len: over the limit of {limits.max_prompt_len}", "prompt_len")
     check_ban(options.ban, limits)
+    check_ban(options.ban_substring, limits, "ban_substring")
 
 
-def check_ban(ban: list[str], limits: Limits) -> None:
+def check_ban(ban: list[str], limits: Limits, name: str = "ban") -> None:
     """Bound the ban list before the model builds a candidate table for it (one vocabulary scan per word)."""
     for i, entry in enumerate(ban):
         if len(entry) > limits.max_ban_entry_chars:
-            raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_chars} characters", f"ban[{i}]")
+            raise ApiError(422, f"{name}[{i}]: over the limit of {limits.max_ban_entry_chars} characters",
+                           f"{name}[{i}]")
         if len(entry.split()) > limits.max_ban_entry_words:
-            raise ApiError(422, f"ban[{i}]: over the limit of {limits.max_ban_entry_words} words", f"ban[{i}]")
+            raise ApiError(422, f"{name}[{i}]: over the limit of {limits.max_ban_entry_words} words", f"{name}[{i}]")
     if sum(len(entry) for entry in ban) > limits.max_ban_chars:
-        raise ApiError(422, f"ban: over the limit of {limits.max_ban_chars} characters in all", "ban")
+        raise ApiError(422, f"{name}: over the limit of {limits.max_ban_chars} characters in all", name)
     if len(ban_words(ban)) > limits.max_ban_words:
-        raise ApiError(422, f"ban: over the limit of {limits.max_ban_words} words", "ban")
+        raise ApiError(422, f"{name}: over the limit of {limits.max_ban_words} words", name)
 
 
 _REWRITE_BODY = {"requestBody": {"required": True, "content": {
@@ -218,5 +221,6 @@ _INVERT_BODY = {"requestBody": {"required": True, "content": {
         "steps": {"type": "integer", "default": BUDGETS["serve"].steps},
         "prompt_len": {"type": "integer", "default": BUDGETS["serve"].prompt_len},
         "ban": {"type": "array", "items": {"type": "string"}, "description": "repeat, or comma-separated"},
+        "ban_substring": {"type": "array", "items": {"type": "string"}, "description": "repeat, or comma-separated"},
         "seed": {"type": "integer", "default": 0}}}},
 }}}

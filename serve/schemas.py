@@ -79,7 +79,10 @@ class InvertOptions(BaseModel):
 
     steps: int = Field(BUDGETS["serve"].steps, ge=1, description="optimisation steps (default: pez_core.budgets)")
     prompt_len: int = Field(BUDGETS["serve"].prompt_len, ge=1, le=75, description="tokens in the learned prompt (paper: 16)")
-    ban: list[Text] = Field(default_factory=list, description="words no token of the prompt may contain")
+    ban: list[Text] = Field(default_factory=list, description="words the prompt may not use, in any case "
+                            "(whole words: 'cat' keeps 'education')")
+    ban_substring: list[Text] = Field(default_factory=list, description="text no token of the prompt may contain "
+                                      "(the conservative mode for safety filters: 'cat' also bans 'education')")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the initial prompt, 0 to 2**32 - 1 "
                       "(results do not depend on batching)")
     early_stop: bool = Field(True, description="stop once the best prompt has plateaued (pez_core.stopping); "
@@ -104,7 +107,7 @@ class InvertResponse(BaseModel):
     steps_run: int
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     batch_size: int = Field(description="images in the model batch this request was part of (encoded together; "
-                            "one PEZ run per distinct (steps, prompt_len, ban, early_stop) in it)")
+                            "one PEZ run per distinct (steps, prompt_len, ban, ban_substring, early_stop) in it)")
     latency_ms: float
 
 

@@ -108,9 +108,9 @@ def test_early_stop_by_patience_and_by_target_cosine(tiny_clip, sample_images):
 def test_banned_tokens_never_appear(tiny_clip, sample_images):
     targets = [image_target(tiny_clip, [im]) for im in sample_images]
     targets.append(text_target(tiny_clip, "a red cat on a red sofa"))
-    results = invert(tiny_clip, targets, PEZConfig(prompt_len=8, steps=40, ban=("e", "cat")))
+    results = invert(tiny_clip, targets, PEZConfig(prompt_len=8, steps=40, ban=(" Cat ", "red"), ban_substring=("e",)))
     for r in results:
-        assert "e" not in r.text and "cat" not in r.text
+        assert "e" not in r.text and not {"cat", "red"} & set(r.text.split())
 
 
 def test_whole_vocabulary_mode_still_returns_text_that_round_trips(tiny_clip, sample_images):

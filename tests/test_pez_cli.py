@@ -43,7 +43,7 @@ def test_invert_shared_gives_one_prompt(images, capsys):
 
 def test_invert_plain_output_and_ban(images, capsys):
     _, paths = images
-    assert main(["invert", str(paths[0]), "--steps", "15", "--ban", "a", "--ban", "o"]) == 0
+    assert main(["invert", str(paths[0]), "--steps", "15", "--ban-substring", "a", "--ban-substring", "o"]) == 0
     line = capsys.readouterr().out.strip()
     path, cosine, prompt = line.split("\t")
     assert path == str(paths[0]) and cosine.startswith("cosine=")

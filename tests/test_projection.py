@@ -54,7 +54,7 @@ def test_whole_vocabulary_does_not_round_trip(tiny_clip):
 
 
 def test_ban_list_excludes_every_token_containing_a_banned_substring(tiny_clip):
-    vocab = Vocabulary(tiny_clip, ban=["Cat", "red sky"])
+    vocab = Vocabulary(tiny_clip, ban_substring=["Cat", "red sky"])
     texts = [tiny_clip.decode([i]).lower() for i in vocab.ids.tolist()]
     assert not any("cat" in t or "red" in t or "sky" in t for t in texts)
     # and nothing else was removed

@@ -165,7 +165,11 @@ def test_invert_ban_list_is_respected(client, sample_png):
                                            "steps": 15, "prompt_len": 6}).json()
     words = free["prompt"].split()[:2]
     r = client.post("/v1/invert", files={"image": ("x.png", sample_png)},
-                    data={"steps": "15", "prompt_len": "6", "ban": ",".join(words)})
+                    data={"steps": "15", "prompt_len": "6", "ban": ",".join(w.upper() for w in words)})
+    assert r.status_code == 200, r.text
+    assert not set(words) & set(r.json()["prompt"].split())  # whole words, in any case
+    r = client.post("/v1/invert", json={"image_base64": base64.b64encode(sample_png).decode(), "steps": 15,
+                                        "prompt_len": 6, "ban_substring": words})
     assert r.status_code == 200, r.text
     assert not any(w in token for w in words for token in r.json()["prompt"].split())
 

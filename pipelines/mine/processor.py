@@ -43,8 +43,7 @@ class PEZProcessor:
             torch.set_num_threads(threads)
         self.cfg = PEZConfig(**pez)
         self.clip = load_clip(model, pretrained=pretrained, device=device)
-        self.vocab = Vocabulary(self.clip, safe=self.cfg.safe_vocab, allow=self.cfg.allow, ban=self.cfg.ban,
-                                projection=self.cfg.projection)
+        self.vocab = Vocabulary.from_config(self.clip, self.cfg)
         self.batch_size = batch_size
         self._stats: dict[str, dict] = {}
 

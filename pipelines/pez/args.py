@@ -16,8 +16,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="world", choices=sorted(PRESETS),
                    help="CLIP preset: world (default: promptmine's world CLIP, trained offline and shipped; its "
                         "images are what `promptmine samples` draws), sd15 (ViT-L-14/openai), sd2 (ViT-H-14, the "
-                        "paper's), sdxl (ViT-bigG-14), tiny (random weights: fast tests only)")
-    p.add_argument("--model", help="open_clip model name or a folder with open_clip_config.json (overrides --preset)")
+                        "paper's), sdxl (both SDXL text encoders at once: ViT-L-14/openai + ViT-bigG-14), sdxl-g "
+                        "(ViT-bigG-14 alone), tiny (random weights: fast tests only)")
+    p.add_argument("--model", help="open_clip model name or a folder with open_clip_config.json (overrides "
+                   "--preset); A+B (presets or folders) optimises one prompt against both text encoders")
     p.add_argument("--pretrained", help="with --model: a pretrained tag, a checkpoint file, or 'random'")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
 
@@ -44,7 +46,9 @@ def add_pez_args(p: argparse.ArgumentParser, entry: str, demo: str | None = None
     p.add_argument("--patience", type=int, help="also stop a target after this many steps without improvement")
     p.add_argument("--target-cosine", type=float, help="stop a target once its best cosine reaches this")
     p.add_argument("--ban", action="append", default=[], metavar="WORD",
-                   help="never use a token containing WORD (repeatable)")
+                   help="never use the word WORD, in any case (repeatable; 'cat' keeps 'education' and 'cats')")
+    p.add_argument("--ban-substring", action="append", default=[], metavar="TEXT",
+                   help="never use a token containing TEXT (repeatable; the conservative mode for safety filters)")
     p.add_argument("--allow-file", type=Path, help="keyword bank: only tokens of the words in this file (one per line)")
     p.add_argument("--all-tokens", action="store_true",
                    help="search the whole vocabulary, not only round-trip-safe whole words (as the authors' code)")
@@ -74,7 +78,8 @@ def pez_config(args, demo: bool = False):
             prompt_len=args.prompt_len if args.prompt_len is not None else budget.prompt_len,
             steps=args.steps if args.steps is not None else budget.steps,
             lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, patience=args.patience,
-            early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban), allow=allow, safe_vocab=not args.all_tokens,
+            early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban),
+            ban_substring=tuple(args.ban_substring), allow=allow, safe_vocab=not args.all_tokens,
             projection=args.projection,
         )
     except ValueError as e:

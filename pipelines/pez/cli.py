@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 
 def run_with_progress(clip, targets, cfg, desc: str):
-    """pez_core.invert with a tqdm bar over steps (on stderr)."""
+    """pez_core.invert with a tqdm bar over steps (on stderr). A keyword bank's entries that the prompt
+    can use only as fragments or not at all (Vocabulary warns of them) go in each result's extra["bank"]."""
     from tqdm import tqdm
 
     from pez_core import Vocabulary, invert
@@ -21,7 +22,7 @@ def run_with_progress(clip, targets, cfg, desc: str):
     from pipelines.cli import CLIError
 
     try:
-        vocab = Vocabulary(clip, safe=cfg.safe_vocab, allow=cfg.allow, ban=cfg.ban, projection=cfg.projection)
+        vocab = Vocabulary.from_config(clip, cfg)
     except ValueError as e:
         raise CLIError(str(e)) from e
     with tqdm(total=cfg.steps, desc=desc, unit="step", file=sys.stderr, disable=None) as bar:
@@ -29,12 +30,29 @@ def run_with_progress(clip, targets, cfg, desc: str):
             bar.update(1)
             bar.set_postfix(active=active, refresh=False)
 
-        return invert(clip, targets, cfg, vocab=vocab, on_step=on_step)
+        results = invert(clip, targets, cfg, vocab=vocab, on_step=on_step)
+    if cfg.allow is not None:
+        for r in results:
+            r.extra["bank"] = vocab.bank_report
+    return results
 
 
 def result_dict(result, **fields) -> dict:
-    return {**fields, "prompt": result.text, "token_ids": result.token_ids, "cosine": round(result.cosine, 6),
-            "best_step": result.best_step, "steps_run": result.steps_run}
+    """A result as JSON; with a joint CLIP, each encoder's cosine ("encoders"), with a keyword bank its
+    entries usable only as fragments or not at all ("bank": entry -> surviving tokens)."""
+    row = {**fields, "prompt": result.text, "token_ids": result.token_ids, "cosine": round(result.cosine, 6),
+           "best_step": result.best_step, "steps_run": result.steps_run}
+    if "encoders" in result.extra:
+        row["encoders"] = {k: round(v, 6) for k, v in result.extra["encoders"].items()}
+    if "bank" in result.extra:
+        row["bank"] = result.extra["bank"]
+    return row
+
+
+def _encoders(result) -> str:
+    """With a joint CLIP, the prompt's cosine on each encoder alone: ' (world=0.8100 world-ref=0.7700)'."""
+    enc = result.extra.get("encoders")
+    return " (" + " ".join(f"{k}={v:.4f}" for k, v in enc.items()) + ")" if enc else ""
 
 
 # ---- invert ----------------------------------------------------------------------------------
@@ -65,7 +83,7 @@ def cmd_invert(args) -> int:
     else:
         for row, r in zip(rows, results):
             label = ", ".join(row["images"]) if args.shared else row["image"]
-            print(f"{label}\tcosine={r.cosine:.4f}\t{r.text}")
+            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{r.text}")
     return 0
 
 
@@ -88,7 +106,7 @@ def cmd_distill(args) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
     else:
-        print(f"cosine={result.cosine:.4f}\tratio={row['ratio']}\t{result.text}")
+        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{result.text}")
     return 0
 
 
