@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weights", "world",
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
-    "full": dict(count=3000, holdout=32, sft_epochs=15, reward_epochs=6, ppo_steps=320, rollouts=64, minibatch=16,
+    "full": dict(count=3000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
                  eval_seeds=8),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
                 eval_seeds=2),
@@ -60,7 +60,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
         *[(f"reward-{k}", w / f"r_{k}" / "summary.json",
            ["train", "reward", "--kind", k, "--data", str(w / "labels" / "rows"), "--output", str(w / f"r_{k}"),
             "--model", str(w / "sft" / "model"), "--epochs", str(s["reward_epochs"]), "--batch-size", "16",
-            "--lr", "1e-3", "--checkpoint-every", "500", "--eval-fraction", "0.05", *train]) for k in ("ps", "aes")],
+            "--lr", "2e-3", "--checkpoint-every", "1000", "--eval-fraction", "0.05", *train]) for k in ("ps", "aes")],
         ("ppo", w / "ppo" / "summary.json",
          ["train", "ppo", "--data", str(w / "pairs.parquet"), "--output", str(w / "ppo"), "--model",
           str(w / "sft" / "model"), "--reward-ps", str(w / "r_ps" / "model"),
