@@ -27,6 +27,16 @@ def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
 
     for raw, prompt in zip(pairs["raw_prompt"][:50], pairs["prompt"][:50]):
         assert parse(raw).objects[0].shape == parse(prompt).objects[0].shape  # about the same object
+    from pez_core.world.prompts import world_pairs
+
+    bad = [p for p in world_pairs(200, bad=0.3) if p["source"] != "world"]
+    assert 30 < len(bad) < 90  # failed prompts: the object in the background's colour, or another shape
+    for p in bad:
+        want, got = parse(p["raw_prompt"]), parse(p["prompt"])
+        if p["source"] == "world-invisible":
+            assert got.objects[0].colour == got.background
+        else:
+            assert got.objects[0].shape != want.objects[0].shape
     assert main(["pairs", "--source", "world", "--count", "10", "--holdout", "3", "--output",
                  str(tmp_path / "x.parquet")]) == 2  # a hold-out needs a file to go to
     assert "--holdout-output" in capsys.readouterr().err

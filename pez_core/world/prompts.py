@@ -11,6 +11,7 @@ that agrees with the styles (``masterpiece``, ``detailed``, ``hd``, ``beautiful`
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from .captions import caption
 from .grammar import COLOURS, POSITIONS, RELATIONS, SHAPES, Obj, Scene
 
@@ -55,15 +56,30 @@ def high_prompt(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def world_pairs(n: int, seed: int = 0) -> list[dict]:
-    """``n`` (raw_prompt, prompt) pairs about random scenes, reproducible per seed."""
+def world_pairs(n: int, seed: int = 0, bad: float = 0.0) -> list[dict]:
+    """``n`` (raw_prompt, prompt) pairs about random scenes, reproducible per seed.
+
+    ``bad``: share of failed prompts, as a scraped table has them: half draw the object in the background's
+    colour (invisible), half describe another shape than the raw prompt's. They teach the reward models
+    what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's filter does."""
     if n < 1:
         raise ValueError(f"need at least one pair, got {n}")
+    if not 0 <= bad < 1:
+        raise ValueError(f"the share of bad pairs must be in [0, 1), got {bad}")
     rng = random.Random(f"world-pairs:{seed}")
     out = []
     for _ in range(n):
         scene = quality_scene(rng)
-        out.append({"raw_prompt": low_prompt(scene, rng), "prompt": high_prompt(scene, rng), "source": "world"})
+        raw = low_prompt(scene, rng)
+        source = "world"
+        if rng.random() < bad:
+            o = scene.objects[0]
+            if rng.random() < 0.5:
+                o, source = Obj(o.shape, scene.background, o.size), "world-invisible"
+            else:
+                o, source = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size), "world-other-shape"
+            scene = replace(scene, objects=(o, *scene.objects[1:]))
+        out.append({"raw_prompt": raw, "prompt": high_prompt(scene, rng), "source": source})
     return out
 
 

@@ -39,6 +39,9 @@ def _register_pairs(subparsers) -> None:
                         "and a detailed caption of the same scene with style and quality words")
     g.add_argument("--count", type=int, default=2000, help="world: pairs generated before the hold-out (2000)")
     g.add_argument("--seed", type=int, default=0, help="world: seed of the scenes")
+    g.add_argument("--bad", type=float, default=0.0,
+                   help="world: share of failed prompts (object in the background's colour, or another shape); "
+                        "they teach the reward models, `train sft --min-pick-score` filters them (default 0)")
     g.add_argument("--holdout", type=int, default=0,
                    help="world: distinct raw prompts held out: their pairs are left out of --output and the "
                         "prompts written to --holdout-output (for `eval rewrite`; default 0)")
@@ -150,7 +153,7 @@ def run_world_pairs(args) -> int:
         raise CLIError("--holdout N needs --holdout-output FILE for the held-out prompts")
     t0 = time.perf_counter()
     try:
-        pairs, held = split_holdout(world_pairs(args.count, args.seed), args.holdout, args.seed)
+        pairs, held = split_holdout(world_pairs(args.count, args.seed, args.bad), args.holdout, args.seed)
     except ValueError as e:
         raise CLIError(str(e)) from e
     import pandas as pd
