@@ -57,8 +57,9 @@ def tiny_corpus(size: int = 400, seed: int = 0) -> list[str]:
     return corpus
 
 
-def train_tiny_tokenizer(vocab_size: int = 512, seed: int = 0):
-    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``tiny_corpus`` (no network)."""
+def train_tiny_tokenizer(vocab_size: int = 512, seed: int = 0, corpus: list[str] | None = None):
+    """A byte-level BPE ``tokenizers.Tokenizer`` trained on ``corpus`` (default ``tiny_corpus``; no network).
+    The templates' text is always added, so the instruction tokenises compactly."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -70,7 +71,9 @@ def train_tiny_tokenizer(vocab_size: int = 512, seed: int = 0):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodes: no <unk> in practice
         show_progress=False,
     )
-    tok.train_from_iterator(tiny_corpus(seed=seed), trainer=trainer)
+    text = tiny_corpus(seed=seed) if corpus is None else \
+        [t.text.format(raw_prompt="") for t in TEMPLATES.values()] + list(corpus)
+    tok.train_from_iterator(text, trainer=trainer)
     return tok
 
 
@@ -85,12 +88,15 @@ def build_tiny_lm(
     vocab_size: int = 512,
     max_positions: int = 1024,
     init_std: float = 0.02,
+    corpus: list[str] | None = None,
 ) -> Path:
     """Save a tiny random ``arch`` model and its tokenizer to ``folder``; returns the folder.
 
     arch: "bloom" (BloomForCausalLM, the paper's architecture) or "gpt2" (GPT2LMHeadModel).
     vocab_size: BPE vocabulary (>= 256 byte tokens + 4 specials; a few hundred is plenty).
     max_positions: GPT-2's position table size (BLOOM uses ALiBi and has none).
+    corpus: the tokenizer's training text (default: the built-in prompt-like corpus; the world loop passes
+        ``pez_core.world.prompts.world_corpus()``).
     init_std: std of the random weights (transformers' default 0.02 gives near-uniform next-token
         distributions, so greedy text barely depends on the prompt; 0.3 to 1.0 makes it prompt-dependent).
     """
@@ -114,7 +120,7 @@ def build_tiny_lm(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=train_tiny_tokenizer(vocab_size, seed),
+        tokenizer_object=train_tiny_tokenizer(vocab_size, seed, corpus),
         unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         padding_side="left",  # decoder-only generation pads on the left
         model_max_length=max_positions,

@@ -57,9 +57,22 @@ def _read_state(path: str) -> dict:
     return state
 
 
+SHIPPED_WEIGHTS = {"world": "the world's aesthetic stand-in over the `world` CLIP (scoring/world_aesthetic.py)"}
+
+
+def resolve_weights(spec: str | os.PathLike) -> str:
+    """A weights file path; the name ``world`` is the shipped world aesthetic MLP."""
+    spec = os.fspath(spec)
+    if spec == "world":
+        from .world_aesthetic import WORLD_AESTHETIC_WEIGHTS
+
+        return str(WORLD_AESTHETIC_WEIGHTS)
+    return spec
+
+
 def load_aesthetic_mlp(path: str | os.PathLike, input_dim: int | None = None) -> AestheticMLP:
-    """The MLP of ``path``; ``input_dim`` (the CLIP's embedding width) is checked when given."""
-    path = os.fspath(path)
+    """The MLP of ``path`` (or a shipped name, ``world``); ``input_dim`` (the CLIP's width) is checked when given."""
+    path = resolve_weights(path)
     state = _read_state(path)
     expected = {f"layers.{i}.{p}" for i in LINEAR_INDICES for p in ("weight", "bias")}
     if set(state) != expected:
@@ -90,7 +103,7 @@ class AestheticScorer:
         self.clip = ClipScorer(clip, device=device, batch_size=batch_size)
         width = getattr(self.clip.clip.model.visual, "output_dim", None) or self._embed_dim()
         self.mlp = load_aesthetic_mlp(weights, input_dim=width)
-        self.weights = os.fspath(weights)
+        self.weights = resolve_weights(weights)
 
     def _embed_dim(self) -> int:
         import PIL.Image

@@ -66,3 +66,49 @@ class PickScorer:
             im = self.image_features(images[i: i + self.batch_size])
             scores.append(scale * (t * im).sum(-1))
         return torch.cat(scores).cpu() if scores else torch.zeros(0)
+
+
+class ClipPickScorer:
+    """A PickScore stand-in from an open_clip model: ``logit_scale.exp() * cos(text, image)``, the same
+    formula over another CLIP. ``promptmine label|eval rewrite --pickscore world-ref`` uses it with the
+    world's reference CLIP (about 34 * cos), judged against the raw prompt as PickScore is."""
+
+    def __init__(self, spec: str, device: str | None = None, batch_size: int = 64):
+        from .clip_score import ClipScorer
+
+        self.clip = ClipScorer(spec.removeprefix("clip:"), device=device, batch_size=batch_size)
+        self.name, self.batch_size = spec, batch_size
+        self.scale = float(self.clip.clip.model.logit_scale.exp())
+
+    def text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.clip.text_features(texts)
+
+    def image_features(self, images: Sequence) -> torch.Tensor:
+        return self.clip.image_features(images)
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str], images: Sequence) -> torch.Tensor:
+        """logit_scale * cos of (text i, image i), shape (k,); each distinct text is encoded once."""
+        if len(texts) != len(images):
+            raise ValueError(f"PickScore needs as many texts as images, got {len(texts)} and {len(images)}")
+        if not len(texts):
+            return torch.zeros(0)
+        distinct = list(dict.fromkeys(texts))
+        t = self.text_features(distinct)
+        index = {text: i for i, text in enumerate(distinct)}
+        t = t[torch.tensor([index[x] for x in texts])]
+        return self.scale * (t * self.image_features(images)).sum(-1)
+
+
+def is_clip_standin(model: str) -> bool:
+    """``clip:SPEC`` or a shipped CLIP preset name (world, world-ref, tiny) selects ``ClipPickScorer``."""
+    from ..presets import PRESETS
+
+    return model.startswith("clip:") or model in PRESETS
+
+
+def make_pick_scorer(model: str, processor: str | None = None, device: str | None = None):
+    """PickScorer for a transformers CLIPModel id or folder; ClipPickScorer for ``clip:SPEC`` or a preset."""
+    if is_clip_standin(model):
+        return ClipPickScorer(model, device=device)
+    return PickScorer(model, processor, device=device)

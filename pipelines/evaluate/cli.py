@@ -167,7 +167,8 @@ def cmd_label(args) -> int:
 def add_generation_args(p, model: str, steps: int, guidance: float, size: int | None, seeds: int) -> None:
     g = p.add_argument_group("generation (diffusers)")
     g.add_argument("--generator", default=model, metavar="ID_OR_PATH",
-                   help=f"text-to-image model id or save_pretrained folder: SD 1.x, SD 2.x or SDXL (default {model})")
+                   help=f"text-to-image model id or save_pretrained folder: SD 1.x, SD 2.x or SDXL; `world`: "
+                        f"promptmine's world renderer (default {model})")
     g.add_argument("--steps", type=int, default=steps, help=f"denoising steps (default {steps})")
     g.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance (default {guidance})")
     g.add_argument("--size", type=int, default=size, help="image side in pixels (default: the model's own)")
@@ -204,10 +205,13 @@ def _bp_scorer_args(p) -> None:
 
     s = p.add_argument_group("scorers")
     s.add_argument("--pickscore", default=DEFAULT_PICKSCORE, metavar="ID_OR_PATH",
-                   help=f"PickScore CLIPModel (transformers) (default {DEFAULT_PICKSCORE})")
+                   help=f"PickScore CLIPModel (transformers) (default {DEFAULT_PICKSCORE}); a CLIP preset "
+                        "(world-ref) or clip:SPEC gives the stand-in logit_scale * cos of that open_clip model")
     s.add_argument("--pickscore-processor", default=DEFAULT_PICKSCORE_PROCESSOR, metavar="ID_OR_PATH",
                    help=f"its processor (default {DEFAULT_PICKSCORE_PROCESSOR})")
-    s.add_argument("--aesthetic-weights", metavar="PATH", help="LAION aesthetic MLP weights file (.pth; required)")
+    s.add_argument("--aesthetic-weights", metavar="PATH",
+                   help="LAION aesthetic MLP weights file (.pth or .safetensors; required); `world`: the shipped "
+                        "world aesthetic stand-in (with --aesthetic-clip world)")
     s.add_argument("--aesthetic-clip", default=DEFAULT_AESTHETIC_CLIP, metavar="CLIP",
                    help=f"CLIP under the aesthetic MLP: name/tag, preset or folder (default {DEFAULT_AESTHETIC_CLIP})")
     p.add_argument("--raw-column", default="raw_prompt", help="column of the raw (user) prompt")

@@ -42,11 +42,12 @@ class ImageScorer:
 
     def __init__(self, generation: dict, pickscore: str, pickscore_processor: str | None, aesthetic_weights: str,
                  aesthetic_clip: str, clip: str | None, seeds: list[int], threads: int = 0, device: str | None = None):
-        from pez_core.scoring import AestheticScorer, ClipScorer, GenerationConfig, Generator, PickScorer
+        from pez_core.scoring import AestheticScorer, ClipScorer, GenerationConfig, Generator
+        from pez_core.scoring.pickscore import make_pick_scorer
 
         quiet_model_loading(threads)
         self.gen = Generator(GenerationConfig(**generation), device=device)
-        self.pick = PickScorer(pickscore, pickscore_processor, device=device)
+        self.pick = make_pick_scorer(pickscore, pickscore_processor, device=device)  # or a CLIP stand-in
         self.aes = AestheticScorer(aesthetic_weights, clip=aesthetic_clip, device=device)
         self.clip = ClipScorer(clip, device=device) if clip else None
         self.seeds = list(seeds)

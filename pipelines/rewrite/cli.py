@@ -25,13 +25,28 @@ def _register_pairs(subparsers) -> None:
                     "summary (rule-based or an OpenAI-compatible LLM) and/or a caption of its image, and/or "
                     "pair each low-quality prompt with an LLM's expansion of it (--expander llm), clean "
                     "the pairs and write them as Parquet (raw_prompt, prompt, source, score columns).")
-    p.add_argument("--input", required=True, type=Path,
-                   help="Parquet / CSV / JSONL file, or a folder of them (e.g. DiffusionDB metadata.parquet)")
+    p.add_argument("--input", type=Path,
+                   help="Parquet / CSV / JSONL file, or a folder of them (e.g. DiffusionDB metadata.parquet); "
+                        "required unless --source world")
     p.add_argument("--output", required=True, type=Path, help="Parquet file to write the pairs to")
     p.add_argument("--rejects", type=Path, help="also write dropped rows with their reason to this Parquet file")
     p.add_argument("--prompt-column", default="prompt", help="column holding the prompts (default: prompt)")
     p.add_argument("--limit", type=int, help="use at most N distinct high-quality prompts")
     p.add_argument("--batch-size", type=int, default=64, help="prompts / images per summariser / captioner call")
+    g = p.add_argument_group("world pairs (--source world: promptmine's world, no input table)")
+    g.add_argument("--source", choices=("table", "world"), default="table",
+                   help="table: pairs from --input (default); world: COUNT pairs of a short world prompt ('a star') "
+                        "and a detailed caption of the same scene with style and quality words")
+    g.add_argument("--count", type=int, default=2000, help="world: pairs generated before the hold-out (2000)")
+    g.add_argument("--seed", type=int, default=0, help="world: seed of the scenes")
+    g.add_argument("--bad", type=float, default=0.0,
+                   help="world: share of failed prompts (object in the background's colour, or another shape); "
+                        "they teach the reward models, `train sft --min-pick-score` filters them (default 0)")
+    g.add_argument("--holdout", type=int, default=0,
+                   help="world: distinct raw prompts held out: their pairs are left out of --output and the "
+                        "prompts written to --holdout-output (for `eval rewrite`; default 0)")
+    g.add_argument("--holdout-output", type=Path, help="world: Parquet file of the held-out raw prompts (key, "
+                                                       "raw_prompt, prompt = one of their captions)")
     g = p.add_argument_group("summaries")
     g.add_argument("--summariser", choices=("rule", "llm", "none"), default="rule",
                    help="rule: drop modifiers and weights, keep the subject (default); llm: an OpenAI-compatible "
@@ -126,6 +141,41 @@ def _expander(args):
     return None
 
 
+def run_world_pairs(args) -> int:
+    from pez_core.rewrite.data import write_pairs
+    from pez_core.world.prompts import split_holdout, world_pairs
+
+    from pipelines.cli import CLIError
+
+    if args.input is not None:
+        raise CLIError("--source world makes its own prompts: drop --input")
+    if args.holdout and not args.holdout_output:
+        raise CLIError("--holdout N needs --holdout-output FILE for the held-out prompts")
+    t0 = time.perf_counter()
+    try:
+        pairs, held = split_holdout(world_pairs(args.count, args.seed, args.bad), args.holdout, args.seed)
+    except ValueError as e:
+        raise CLIError(str(e)) from e
+    import pandas as pd
+
+    write_pairs(pd.DataFrame(pairs), args.output)
+    if args.holdout_output:
+        write_pairs(pd.DataFrame(held), args.holdout_output)
+    elapsed = time.perf_counter() - t0
+    summary = {"source": "world", "generated": args.count, "written": len(pairs), "output": str(args.output),
+               "distinct_raw_prompts": len({p["raw_prompt"] for p in pairs}), "holdout": len(held),
+               "holdout_output": str(args.holdout_output) if args.holdout_output else None,
+               "seconds": round(elapsed, 3)}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"world: {args.count} pairs generated, {len(held)} raw prompts held out; wrote {len(pairs)} pairs "
+              f"({summary['distinct_raw_prompts']} distinct raw prompts) to {args.output}"
+              + (f" and {len(held)} held-out prompts to {args.holdout_output}" if args.holdout_output else "")
+              + f" in {elapsed:.2f} s")
+    return 0
+
+
 def run_pairs(args) -> int:
     from tqdm import tqdm
 
@@ -135,6 +185,10 @@ def run_pairs(args) -> int:
 
     from pipelines.cli import CLIError
 
+    if args.source == "world":
+        return run_world_pairs(args)
+    if args.input is None:
+        raise CLIError("--input is required (or --source world)")
     t0 = time.perf_counter()
     try:
         cfg = _pair_config(args)

@@ -203,7 +203,8 @@ def cmd_world_train(args) -> int:
 def register(subparsers) -> None:
     from pipelines.train.cli import add_ray_train_args
 
-    p = subparsers.add_parser("world", help="promptmine's world: train the world CLIP (Ray Train)",
+    p = subparsers.add_parser("world", help="promptmine's world: train the world CLIP (Ray Train), the aesthetic "
+                                            "stand-in and the rewriter's base LM",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="world_command", metavar="COMMAND", required=True)
     t = sub.add_parser("train", help="train a world CLIP contrastively on rendered scenes (Ray Train)",
@@ -224,3 +225,6 @@ def register(subparsers) -> None:
     t.add_argument("--log-every", type=int, default=50, help="steps between loss rows in metrics.csv (50)")
     add_ray_train_args(t, run_name_default="the kind")
     t.set_defaults(func=cmd_world_train, checkpoint_every=250)
+    from pipelines.train import world_tools
+
+    world_tools.register(sub)  # train-aesthetic, init-lm: the world rewriting loop's models

@@ -1,0 +1,155 @@
+"""BeautifulPrompt's whole loop in promptmine's world, through the real commands; prints JSON.
+
+    python bench/world_rewrite_loop.py --workdir /tmp/world-loop            # the documented run (docs/training.md)
+    python bench/world_rewrite_loop.py --workdir /tmp/wl-toy --scale toy    # plumbing only, a few minutes
+
+Stages (each a `promptmine` subprocess; a stage whose output exists is skipped, so a rerun resumes):
+pairs --source world -> world init-lm -> label (world generator, 8 seeds, PickScore stand-in `world-ref`,
+aesthetic stand-in `world`) -> train sft -> train reward --kind ps / aes -> train ppo -> rewrite the held-out
+raw prompts with the SFT and the PPO model -> eval rewrite of each -> paired comparison raw / SFT / PPO
+on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * aesthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weights", "world",
+           "--aesthetic-clip", "world"]
+SCALES = {  # the documented run, and a toy one that only checks the plumbing
+    "full": dict(count=3000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
+                 eval_seeds=8),
+    "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
+                eval_seeds=2),
+}
+
+
+def promptmine(args: list[str], log: Path) -> float:
+    """Run one promptmine command (output to ``log``); returns its seconds; exits on failure."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    t0 = time.monotonic()
+    with open(log, "w") as f:
+        status = subprocess.call([sys.executable, "-m", "pipelines.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                                 env=env, cwd=log.parent)
+    if status:
+        sys.exit(f"promptmine {' '.join(args)} failed ({status}); see {log}")
+    return round(time.monotonic() - t0, 1)
+
+
+def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path, list[str]]]:
+    """(name, output that marks it done, arguments) of every stage, in order."""
+    train = ["--workers", str(workers), "--max-length", "96"]
+    return [
+        ("pairs", w / "pairs.parquet", ["pairs", "--source", "world", "--count", str(s["count"]), "--bad", "0.15",
+                                        "--holdout", str(s["holdout"]), "--holdout-output", str(w / "heldout.parquet"),
+                                        "--output", str(w / "pairs.parquet")]),
+        ("init-lm", w / "lm", ["world", "init-lm", "--output", str(w / "lm")]),
+        ("init-lm4", w / "lm4", ["world", "init-lm", "--output", str(w / "lm4"), "--layers", "4"]),
+        ("label", w / "labels" / "metrics.json", ["label", "--input", str(w / "pairs.parquet"), "--output",
+                                                  str(w / "labels"), *SCORERS, "--seeds", "8", "--batch-rows", "32"]),
+        ("sft", w / "sft" / "summary.json", ["train", "sft", "--data", str(w / "labels" / "rows"),
+                                             "--min-pick-score", "12", "--output",
+                                             str(w / "sft"), "--model", str(w / "lm"), "--epochs",
+                                             str(s["sft_epochs"]), "--batch-size", "16", "--lr", "3e-3",
+                                             "--checkpoint-every", "500", "--eval-fraction", "0.05", *train]),
+        *[(f"reward-{k}", w / f"r_{k}" / "summary.json",
+           ["train", "reward", "--kind", k, "--data", str(w / "labels" / "rows"), "--output", str(w / f"r_{k}"),
+            "--model", str(w / ("lm4" if k == "ps" else "sft/model")), "--epochs", str(s["reward_epochs"]),
+            "--batch-size", "16", "--lr", "1e-3" if k == "ps" else "2e-3", "--checkpoint-every", "1000",
+            "--eval-fraction", "0.05", *train]) for k in ("ps", "aes")],
+        ("ppo", w / "ppo" / "summary.json",
+         ["train", "ppo", "--data", str(w / "pairs.parquet"), "--output", str(w / "ppo"), "--model",
+          str(w / "sft" / "model"), "--reward-ps", str(w / "r_ps" / "model"),
+          "--reward-aes", str(w / "r_aes" / "model"),
+          "--alpha", str(alpha), "--max-steps", str(s["ppo_steps"]), "--rollouts-per-step", str(s["rollouts"]),
+          "--chunk-size", str(s["rollouts"]), "--minibatch-size", str(s["minibatch"]), "--ppo-epochs", "4",
+          "--num-layers-unfrozen", "-1", "--lr", "2e-4", "--max-new-tokens", "40", "--kl-horizon", "2000",
+          "--eval-interval", str(max(1, s["ppo_steps"] // 4)), "--eval-prompts", "32", "--checkpoint-every", "1000",
+          *train]),
+        *[(f"rewrite-{m}", w / f"rw_{m}" / "summary.json",
+           ["rewrite", "--input", str(w / "heldout.parquet"), "--prompt-column", "raw_prompt", "--key-column", "key",
+            "--model", str(w / "sft/model") if m == "sft" else "{PPO_MODEL}", "--max-new-tokens", "40",
+            "--output", str(w / f"rw_{m}"), "--actors", "1"]) for m in ("sft", "ppo")],
+        *[(f"eval-{m}", w / f"ev_{m}" / "metrics.json",
+           ["eval", "rewrite", "--input", str(w / f"rw_{m}"), "--output", str(w / f"ev_{m}"), *SCORERS,
+            "--clip-score-model", "world-ref", "--seeds", str(s["eval_seeds"]), "--actors", "1"])
+          for m in ("sft", "ppo")],
+    ]
+
+
+def compare(w: Path, alpha: float) -> dict:
+    """Raw vs SFT vs PPO on the held-out prompts: means with 95% CIs and paired differences with win rates."""
+    import pandas as pd
+
+    from pipelines.evaluate.stats import mean_ci, paired
+
+    cols = ["key", "raw_prompt", "prompt", "raw_pick_score", "pick_score", "raw_aesthetic_score", "aesthetic_score"]
+    sft = pd.read_parquet(w / "ev_sft" / "rows", columns=cols).set_index("key")
+    ppo = pd.read_parquet(w / "ev_ppo" / "rows", columns=cols).set_index("key").loc[sft.index]
+    out: dict = {"n": len(sft)}
+    for name, col in (("pick_score", "pick_score"), ("aesthetic_score", "aesthetic_score"), ("combined", None)):
+        def get(df, raw=False):
+            if col is not None:
+                return df[f"raw_{col}" if raw else col]
+            p, a = (df["raw_pick_score"], df["raw_aesthetic_score"]) if raw else (df["pick_score"],
+                                                                                   df["aesthetic_score"])
+            return alpha * p + (1 - alpha) * a
+        out[name] = {"raw": mean_ci(get(sft, raw=True)), "sft": mean_ci(get(sft)), "ppo": mean_ci(get(ppo)),
+                     "sft_minus_raw": paired(get(sft), get(sft, raw=True)),
+                     "ppo_minus_sft": paired(get(ppo), get(sft)), "ppo_minus_raw": paired(get(ppo), get(sft, raw=True))}
+    out["examples"] = [{"raw": r, "sft": s, "ppo": p} for r, s, p in
+                       zip(sft["raw_prompt"][:6], sft["prompt"][:6], ppo["prompt"][:6])]
+    return out
+
+
+def training_facts(w: Path) -> dict:
+    import pandas as pd
+
+    facts = {}
+    for k in ("ps", "aes"):
+        final = json.loads((w / f"r_{k}" / "summary.json").read_text())["final"]
+        facts[f"reward_{k}"] = {"eval_pearson": final.get("eval_pearson"), "eval_mse": final.get("eval_mse")}
+    facts["sft"] = json.loads((w / "sft" / "summary.json").read_text())["final"]
+    m = pd.read_csv(w / "ppo" / "metrics.csv")
+    facts["ppo"] = {"collections": len(m), "updates": int(m["updates"].iloc[-1]),
+                    "score_first": float(m["score"].iloc[0]), "score_last": float(m["score"].iloc[-1]),
+                    "kl_max": float(m["kl"].max()), "kl_last": float(m["kl"].iloc[-1]),
+                    "kl_coef_min": float(m["kl_coef"].min()), "kl_coef_max": float(m["kl_coef"].max()),
+                    "kl_coef_last": float(m["kl_coef"].iloc[-1]),
+                    "eval_reward": [float(x) for x in m["eval_reward"].dropna()] if "eval_reward" in m else []}
+    return facts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="full")
+    ap.add_argument("--alpha", type=float, default=0.7, help="weight of the PickScore stand-in (0.7)")
+    ap.add_argument("--workers", type=int, default=2, help="Ray Train workers per training stage (2)")
+    args = ap.parse_args()
+    w = args.workdir.resolve()
+    w.mkdir(parents=True, exist_ok=True)
+    seconds = {}
+    for name, done, cmd in stages(w, SCALES[args.scale], args.alpha, args.workers):
+        if done.exists():
+            seconds[name] = "done before"
+            continue
+        best = w / "ppo" / "best"  # what `serve --rewrite-model OUTPUT` deploys: the best held-out reward
+        cmd = [str(best if best.is_dir() else w / "ppo" / "model") if c == "{PPO_MODEL}" else c for c in cmd]
+        seconds[name] = promptmine(cmd, w / f"{name}.log")
+        print(f"{name}: {seconds[name]} s", file=sys.stderr, flush=True)
+    result = {"scale": args.scale, "workdir": str(w), "seconds": seconds, "training": training_facts(w),
+              "heldout": compare(w, args.alpha)}
+    (w / "loop.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""World text for the rewriting loop: short raw prompts, detailed high-quality captions, pairs and a corpus.
+
+A pair is (raw_prompt, prompt) about one scene: the raw prompt names the first object's shape and at most
+one more attribute ("a star", "a red star", "a star on the left"), the prompt is a full caption of the
+same scene (``captions.caption``, every attribute, 20% two-object scenes) with style words and, often,
+quality words. As DiffusionDB's high-quality prompts are mostly but not always good, the scene's styles
+are biased, not fixed: sharp and vivid 75% of the time each, filled 60%, large 65%, and a quality word
+that agrees with the styles (``masterpiece``, ``detailed``, ``hd``, ``beautiful``) is added to 60% of them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from .captions import caption
+from .grammar import COLOURS, POSITIONS, RELATIONS, SHAPES, Obj, Scene
+
+TWO_OBJECTS = 0.2  # share of two-object scenes among high-quality prompts
+_POS_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
+              "center": "in the center"}
+
+
+def quality_scene(rng: random.Random) -> Scene:
+    """A random scene whose styles lean toward the good ones (see the module docstring)."""
+    n = 2 if rng.random() < TWO_OBJECTS else 1
+    background = rng.choice(list(COLOURS))
+    colours = rng.sample([c for c in COLOURS if c != background], n)
+    objects = tuple(Obj(rng.choice(list(SHAPES)), c, "large" if rng.random() < 0.65 else "small") for c in colours)
+    fill = "filled" if rng.random() < 0.6 else rng.choice(["outlined", "striped"])
+    return Scene(objects=objects, background=background, fill=fill,
+                 sharpness="sharp" if rng.random() < 0.75 else "blurry",
+                 saturation="vivid" if rng.random() < 0.75 else "dull",
+                 position=rng.choice(list(POSITIONS)) if n == 1 else None,
+                 relation=rng.choice(list(RELATIONS)) if n == 2 else None)
+
+
+def low_prompt(scene: Scene, rng: random.Random) -> str:
+    """A short, under-specified prompt about the scene's first object: its shape and at most one more word."""
+    o = scene.objects[0]
+    choices = [f"a {o.shape}", f"a {o.colour} {o.shape}", f"a {o.size} {o.shape}"]
+    if scene.position:
+        choices.append(f"a {o.shape} {_POS_WORDS[scene.position]}")
+    choices.append(f"a {o.shape} on a {scene.background} background")
+    return rng.choice(choices)
+
+
+def high_prompt(scene: Scene, rng: random.Random) -> str:
+    """A detailed caption of the scene, with a quality word that agrees with its styles 60% of the time."""
+    text = caption(scene, rng)
+    if rng.random() < 0.6:
+        good = [w for w, ok in (("masterpiece", scene.sharpness == "sharp" and scene.saturation == "vivid"),
+                                ("detailed", scene.sharpness == "sharp"), ("hd", scene.sharpness == "sharp"),
+                                ("beautiful", scene.saturation == "vivid")) if ok]
+        if good:
+            text = f"{text}, {rng.choice(good)}"
+    return text
+
+
+def world_pairs(n: int, seed: int = 0, bad: float = 0.0) -> list[dict]:
+    """``n`` (raw_prompt, prompt) pairs about random scenes, reproducible per seed.
+
+    ``bad``: share of failed prompts, as a scraped table has them: half draw the object in the background's
+    colour (invisible), half describe another shape than the raw prompt's. They teach the reward models
+    what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's filter does."""
+    if n < 1:
+        raise ValueError(f"need at least one pair, got {n}")
+    if not 0 <= bad < 1:
+        raise ValueError(f"the share of bad pairs must be in [0, 1), got {bad}")
+    rng = random.Random(f"world-pairs:{seed}")
+    out = []
+    for _ in range(n):
+        scene = quality_scene(rng)
+        raw = low_prompt(scene, rng)
+        source = "world"
+        if rng.random() < bad:
+            o = scene.objects[0]
+            if rng.random() < 0.5:
+                o, source = Obj(o.shape, scene.background, o.size), "world-invisible"
+            else:
+                o, source = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size), "world-other-shape"
+            scene = replace(scene, objects=(o, *scene.objects[1:]))
+        out.append({"raw_prompt": raw, "prompt": high_prompt(scene, rng), "source": source})
+    return out
+
+
+def world_corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    """Raw prompts and captions of random scenes (any styles, under-specified ones too): tokenizer text."""
+    from .grammar import sample_scene
+
+    rng = random.Random(f"world-corpus:{seed}")
+    out = []
+    for i in range(n):
+        scene = sample_scene(rng, two_objects=0.3) if i % 2 else quality_scene(rng)
+        out += [low_prompt(scene, rng), high_prompt(scene, rng), caption(scene, rng, drop=0.3)]
+    return out
+
+
+def split_holdout(pairs: list[dict], holdout: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(pairs whose raw prompt is not held out, one row per held-out raw prompt: key, raw_prompt, prompt).
+
+    ``holdout`` distinct raw prompts are drawn at random (per seed); all their pairs leave the training set."""
+    raws = sorted({p["raw_prompt"] for p in pairs})
+    if holdout < 0 or holdout >= len(raws):
+        raise ValueError(f"--holdout must be in [0, {len(raws) - 1}] (there are {len(raws)} distinct raw prompts), "
+                         f"got {holdout}")
+    held = set(random.Random(f"holdout:{seed}").sample(raws, holdout))
+    first: dict[str, str] = {}
+    for p in pairs:
+        if p["raw_prompt"] in held:
+            first.setdefault(p["raw_prompt"], p["prompt"])
+    rows = [{"key": f"heldout:{i}", "raw_prompt": r, "prompt": first[r]} for i, r in enumerate(sorted(held))]
+    return [p for p in pairs if p["raw_prompt"] not in held], rows
