@@ -60,14 +60,15 @@ def test_a_bag_of_words_names_one_object_and_a_second_colour_is_the_background()
 
 def test_hard_negatives_are_false_captions_close_to_the_true_one():
     """Mutation caught: a negative that equals its positive (a false negative) or differs in many words."""
-    from pez_core.world.train_clip import WorldTrainConfig, hard_negative_captions
+    from pez_core.world.negatives import hard_negative_captions
+    from pez_core.world.train_clip import WorldTrainConfig
 
     cfg, rng, close = WorldTrainConfig(hard_negatives=3), random.Random(3), 0
     for _ in range(100):
         s = sample_scene(rng, 0.4)
         template = rng.getstate()
         positive = caption(s, rng, drop=cfg.drop)
-        negatives = hard_negative_captions(s, positive, template, rng, cfg)
+        negatives = hard_negative_captions(s, positive, template, rng, cfg.hard_negatives, cfg.drop)
         assert len(negatives) == 3 and positive not in negatives
         close += sum(len(set(n.split()) ^ set(positive.split())) <= 2 for n in negatives if n)
     assert close >= 0.75 * 300  # most differ from the positive in one word (a desynchronised synonym at worst)

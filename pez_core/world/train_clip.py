@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .captions import caption
 from .grammar import COLOURS, FILLS, POSITIONS, SATURATION, SHAPES, SHARPNESS, SIZES, WORDS, sample_scene
+from .negatives import hard_negative_captions
 from .parse import parse
 from .render import render_scene
 
@@ -157,54 +158,6 @@ def image_size(cfg: WorldTrainConfig) -> int:
     return size if isinstance(size, int) else size[0]
 
 
-NEGATIVE_ATTRIBUTES = ("colour", "shape", "size", "position", "background", "fill", "sharpness", "saturation")
-
-
-def hard_negative_captions(scene, positive: str, template, rng: random.Random, cfg: WorldTrainConfig) -> list[str]:
-    """``cfg.hard_negatives`` false captions of ``scene``, each as close to its caption ``positive`` as
-    possible (written from the positive's rng state ``template``, so the same template and synonyms):
-
-    - three in four change one attribute (one object's colour, shape or size, the position or relation,
-      the background, fill, sharpness or saturation): the zero-shot test's alternatives;
-    - the others swap colours (the object's with the background's; the two objects' with each other):
-      only the binding of colour words to what they colour tells these apart.
-    One whose text equals the positive (its word was dropped) is retried, then left "" (masked out).
-    (Negatives that insert a contradicting word were tried too: PEZ then filled its prompts with the
-    no-op token instead of content words, and regenerated images got worse; docs/world.md.)"""
-    from .zeroshot import alternatives
-
-    out = []
-    for _ in range(cfg.hard_negatives):
-        text = ""
-        for _ in range(4):
-            alt = _swapped(scene) if rng.random() < 0.25 else _one_changed(scene, rng, alternatives)
-            writer = random.Random()
-            writer.setstate(template)
-            text = caption(alt, writer, drop=cfg.drop)
-            if text != positive:
-                break
-            text = ""
-        out.append(text)
-    return out
-
-
-def _one_changed(scene, rng: random.Random, alternatives):
-    two = len(scene.objects) == 2
-    attr = rng.choice([a for a in NEGATIVE_ATTRIBUTES if not (two and a == "position")] + (["relation"] if two else []))
-    if attr in ("colour", "shape", "size") and two and rng.random() < 0.5:  # change the second object
-        flipped = replace(scene, objects=scene.objects[::-1])
-        return replace(scene, objects=rng.choice(alternatives(flipped, attr)).objects[::-1])
-    return rng.choice(alternatives(scene, attr))
-
-
-def _swapped(scene):
-    a = scene.objects[0]
-    if len(scene.objects) == 2:
-        b = scene.objects[1]
-        return replace(scene, objects=(replace(a, colour=b.colour), replace(b, colour=a.colour)))
-    return replace(scene, background=a.colour, objects=(replace(a, colour=scene.background),))
-
-
 def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int = 1) -> dict:
     """Rank ``rank``'s slice of the global batch of ``step``: images, text ids, head labels, scenes."""
     if cfg.batch % world_size:
@@ -219,7 +172,7 @@ def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int 
         template = rng.getstate()
         captions.append(caption(scene, rng, drop=cfg.drop))
         images.append(render_scene(scene, rng.randrange(1 << 30), size))
-        negatives += hard_negative_captions(scene, captions[-1], template, rng, cfg)
+        negatives += hard_negative_captions(scene, captions[-1], template, rng, cfg.hard_negatives, cfg.drop)
         rngs.append(rng)
     ids = text.ids(captions, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:filler"), cfg.filler)
     neg_ids = text.ids(negatives, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:neg"), cfg.filler)
