@@ -32,6 +32,16 @@ PLATEAU_PATIENCE = 500
 PLATEAU_RATIO = 0.5
 
 
+# PEZConfig.method: where the projection sits (PEZ paper, Table 1 baselines). Every method takes the
+# same AdamW step (lr, weight decay) from the same initial prompt, so a comparison isolates that choice.
+METHODS = {
+    "pez": "project before the forward, gradient at the projected prompt, update the continuous prompt",
+    "autoprompt-sgd": "gradient at the (always hard) prompt, update, then replace it by its projection",
+    "fluentprompt": "as autoprompt-sgd with Gaussian (Langevin) noise added to each update before projecting",
+    "soft": "no projection at all: a soft prompt, which carries no text (result.text is empty)",
+}
+
+
 @dataclass
 class PEZConfig:
     prompt_len: int = 16  # tokens in the hard prompt; the paper finds 16 transfers best (1..75)
@@ -49,10 +59,16 @@ class PEZConfig:
     ban_substring: tuple[str, ...] = ()  # banned substrings: no token containing one (safety filters)
     allow: tuple[str, ...] | None = None  # keyword bank: only tokens of these words are candidates
     projection: Literal["exact", "fast"] = "fast"  # fast = bf16 ranking + exact fp32 re-rank
+    method: Literal["pez", "autoprompt-sgd", "fluentprompt", "soft"] = "pez"  # the paper's baselines: METHODS
+    langevin_noise: float = 0.5  # fluentprompt: noise std in units of the token table's std, annealed to 0
 
     def __post_init__(self):
         if not 1 <= self.prompt_len <= 75:
             raise ValueError(f"prompt_len must be in 1..75 (CLIP's context minus start/end), got {self.prompt_len}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.langevin_noise >= 0:
+            raise ValueError(f"langevin_noise must be >= 0, got {self.langevin_noise}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if not self.lr > 0:

@@ -41,6 +41,11 @@ class _Slots:
         self.feats: torch.Tensor | None = None  # (B, k, e), zero-padded
         self.weights = torch.zeros(slots, 1, device=dev)  # (B, k), each occupied row sums to one
         self.who: list[tuple[int, Target] | None] = [None] * slots
+        self.soft = cfg.method == "soft"
+        if self.soft:  # the best continuous prompt is the result itself
+            self.best_emb = torch.zeros_like(self.prompts)
+        self.noise: list[torch.Generator | None] = [None] * slots  # fluentprompt: each target's own noise
+        self.noise_std = cfg.langevin_noise * float(self.table.float().std())
 
     def load(self, slot: int, index: int, target: Target) -> None:
         """Start ``target`` (the ``index``-th of the queue) from scratch in ``slot``."""
@@ -68,37 +73,74 @@ class _Slots:
         self.weights[slot] = 0
         self.weights[slot, :k] = 1.0 / k
         self.who[slot] = (index, target)
+        if cfg.method == "fluentprompt":
+            self.noise[slot] = torch.Generator().manual_seed(seed * 7919 + 1)
 
     def step(self, active: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One PEZ step for the occupied slots ``active`` (a,); returns their loop cosines and own 0-based
         steps. Slots already stopped keep computing until removed but never change their best."""
-        ids = self.vocab.project(self.prompts[active])  # (a, n)
-        projected = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
+        if self.soft:
+            ids, leaf = None, self.prompts[active].clone().requires_grad_(True)  # no projection at all
+        else:
+            ids = self.vocab.project(self.prompts[active])  # (a, n)
+            leaf = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
         feats, weights = self.feats[active], self.weights[active]
-        sim = similarity(self.clip.encode_embeds(projected), feats, weights)  # (a,)
-        (grad,) = torch.autograd.grad((1 - sim).sum(), projected)
+        sim = similarity(self.clip.encode_embeds(leaf), feats, weights)  # (a,)
+        (grad,) = torch.autograd.grad((1 - sim).sum(), leaf)
         t = self.t[active] + 1
         self.t[active] = t
         self.opt.step(active, grad, t)
+        if self.cfg.method in ("autoprompt-sgd", "fluentprompt"):  # project after the update
+            moved = self.prompts[active]
+            if self.cfg.method == "fluentprompt":
+                moved = moved + self._langevin(active, t)
+            self.prompts[active] = self.table[self.vocab.project(moved)].float()
 
         sim = sim.detach()
         live = ~self.done[active]
         better = (sim > self.best_cos[active]) & live
         rows = active[better]
-        self.best_cos[rows], self.best_ids[rows], self.best_step[rows] = sim[better], ids[better], t[better] - 1
+        self.best_cos[rows], self.best_step[rows] = sim[better], t[better] - 1
+        if self.soft:
+            self.best_emb[rows] = leaf.detach()[better]
+        else:
+            self.best_ids[rows] = ids[better]
         if check:
             now = stopped(self.cfg, t, self.best_step[active], self.best_cos[active]) & live
             self.stop_t[active[now]] = t[now]
             self.done[active] |= now
         return sim, t - 1
 
+    def _langevin(self, active: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """FluentPrompt's Langevin noise (a, n, d): each target's own generator, so its noise does not depend
+        on the batch; the std anneals linearly from langevin_noise x the token table's std to 0 at the budget."""
+        shape = self.prompts.shape[1:]
+        z = torch.stack([torch.randn(shape, generator=self.noise[i]) for i in active.tolist()])
+        scale = (1 - (t.to(torch.float32) - 1) / self.cfg.steps).clamp_(min=0) * self.noise_std
+        return z.to(self.prompts.device) * scale.view(-1, 1, 1)
+
     def finish(self, slot: int, steps_run: int) -> tuple[int, PEZResult]:
         index, target = self.who[slot]
         self.who[slot] = None
+        self.noise[slot] = None
         k = target.features.shape[0]
+        if self.soft:
+            return index, self._soft_result(target, slot, steps_run, k)
         result = _result(self.clip, target, self.best_ids[slot].tolist(), float(self.best_cos[slot]),
                          int(self.best_step[slot]), steps_run, self.feats[slot, :k], self.weights[slot, :k])
         return index, result
+
+    def _soft_result(self, target: Target, slot: int, steps_run: int, k: int) -> PEZResult:
+        """A soft prompt has no text: ``text`` is empty, ``extra`` holds its embedding (n, d) and, for a
+        text-only consumer, its nearest tokens (``nearest_text``) with the cosine those reach."""
+        emb = self.best_emb[slot]
+        nearest = _result(self.clip, target, self.vocab.project(emb[None])[0].tolist(), math.nan, 0, steps_run,
+                          self.feats[slot, :k], self.weights[slot, :k])
+        rescored = self.clip.encode_ids(torch.tensor([nearest.token_ids], device=emb.device))[0]
+        ncos = float((self.feats[slot, :k] @ rescored * self.weights[slot, :k]).sum())
+        extra = {"soft": True, "embedding": emb.tolist(), "nearest_text": nearest.text,
+                 "nearest_ids": nearest.token_ids, "nearest_cosine": ncos}
+        return PEZResult("", [], float(self.best_cos[slot]), int(self.best_step[slot]), steps_run, target.kind, extra)
 
 
 class Stream:

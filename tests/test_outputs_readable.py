@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.io.storage import Location
-from pipelines.jobs.markers import clean_tmp, marker_file, read_done, rejects_file, rows_file, tmp_dir
+from pipelines.jobs.markers import clean_tmp, marker_file, read_done, rejects_file, rows_file
 
 # a child process writes shard 00001's rows file the way a shard worker does, and is SIGKILLed
 # after the first half of the bytes reached the disk (open() wrapped to stop there)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pez_core.world.captions import caption
-from pez_core.world.grammar import COLOURS, WORDS, Scene, Obj, sample_scene
+from pez_core.world.grammar import WORDS, Scene, Obj, sample_scene
 from pez_core.world.parse import parse
 from pez_core.world.render import RGB, render, render_scene
 

@@ -25,6 +25,9 @@ def build_job(args):
     from pipelines.pez.args import pez_config
 
     pez = pez_config(args, demo=args.demo_run)
+    if pez.method == "soft":
+        raise ValueError("--method soft: a soft prompt has no text, and mining writes image-prompt pairs "
+                         "(use `promptmine invert --method soft --json` for its embedding)")
     pez_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(pez).items()}
     model = args.model or args.preset
     settings = {"model": model, "pretrained": args.pretrained, **pez_kwargs}

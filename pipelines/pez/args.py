@@ -54,6 +54,12 @@ def add_pez_args(p: argparse.ArgumentParser, entry: str, demo: str | None = None
                    help="search the whole vocabulary, not only round-trip-safe whole words (as the authors' code)")
     p.add_argument("--projection", default="fast", choices=("fast", "exact"),
                    help="nearest-token search: fast (bf16 ranking + exact fp32 re-rank) or exact fp32")
+    p.add_argument("--method", default="pez", choices=("pez", "autoprompt-sgd", "fluentprompt", "soft"),
+                   help="pez (default); the PEZ paper's baselines: autoprompt-sgd (project after each update), "
+                        "fluentprompt (Langevin noise, project after each update), soft (no projection: no text)"
+                   + ("; mine needs text, so not soft" if entry == "mine" else ""))
+    p.add_argument("--langevin-noise", type=float, default=0.5,
+                   help="fluentprompt: noise std in units of the token table's std, annealed to 0 (default 0.5)")
     p.set_defaults(pez_entry=entry, pez_demo=demo)
 
 
@@ -80,7 +86,7 @@ def pez_config(args, demo: bool = False):
             lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, patience=args.patience,
             early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban),
             ban_substring=tuple(args.ban_substring), allow=allow, safe_vocab=not args.all_tokens,
-            projection=args.projection,
+            projection=args.projection, method=args.method, langevin_noise=args.langevin_noise,
         )
     except ValueError as e:
         raise CLIError(str(e)) from e

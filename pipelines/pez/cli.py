@@ -46,12 +46,17 @@ def result_dict(result, **fields) -> dict:
         row["encoders"] = {k: round(v, 6) for k, v in result.extra["encoders"].items()}
     if "bank" in result.extra:
         row["bank"] = result.extra["bank"]
+    if result.extra.get("soft"):  # --method soft: no text; its embedding and what its nearest tokens reach
+        row.update(soft=True, embedding=result.extra["embedding"], nearest_prompt=result.extra["nearest_text"],
+                   nearest_cosine=round(result.extra["nearest_cosine"], 6))
     return row
 
 
 def _encoders(result) -> str:
     """With a joint CLIP, the prompt's cosine on each encoder alone: ' (world=0.8100 world-ref=0.7700)'."""
     enc = result.extra.get("encoders")
+    if result.extra.get("soft"):
+        return f"\tsoft prompt (no text); nearest tokens reach {result.extra['nearest_cosine']:.4f}:"
     return " (" + " ".join(f"{k}={v:.4f}" for k, v in enc.items()) + ")" if enc else ""
 
 
@@ -83,7 +88,7 @@ def cmd_invert(args) -> int:
     else:
         for row, r in zip(rows, results):
             label = ", ".join(row["images"]) if args.shared else row["image"]
-            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{r.text}")
+            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{r.text or r.extra.get('nearest_text', '')}")
     return 0
 
 
@@ -102,11 +107,12 @@ def cmd_distill(args) -> int:
         raise CLIError(f"PROMPT has {n_long} tokens; CLIP reads at most {clip.context_length - 2}")
     [result] = run_with_progress(clip, [text_target(clip, args.prompt, seed=cfg.seed)], cfg, "distill")
     row = result_dict(result, source=args.prompt, source_tokens=n_long,
-                      ratio=round(len(result.token_ids) / n_long, 4))
+                      ratio=round((len(result.token_ids) or cfg.prompt_len) / n_long, 4))
     if args.json:
         print(json.dumps(row, indent=2))
     else:
-        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{result.text}")
+        shown = result.text or result.extra.get("nearest_text", "")
+        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{shown}")
     return 0
 
 
