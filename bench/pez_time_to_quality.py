@@ -174,8 +174,8 @@ def rule_grid(full: dict, steps: int) -> list[dict]:
     ft = full["targets"]
     full_mean = statistics.mean(t["cosine"] for t in ft)
     grid = []
-    for patience in (25, 50, 100, 200, 300):
-        for ratio in (0.0, 0.25, 0.5, 1.0, 2.0):
+    for patience in (25, 50, 100, 200, 300, 500, 800, 1000):
+        for ratio in (0.0, 0.25, 0.5, 1.0, 2.0, 3.0):
             sims = [simulate_rule(t["events"], patience, ratio, steps) for t in ft]
             grid.append({"plateau_patience": patience, "plateau_ratio": ratio,
                          "share_of_full_mean_cosine": round(statistics.mean(c for c, _ in sims) / full_mean, 4),

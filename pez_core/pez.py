@@ -28,7 +28,7 @@ from .projection import Vocabulary
 log = logging.getLogger(__name__)
 
 # the default plateau rule, calibrated by bench/pez_time_to_quality.py (README: "When PEZ stops")
-PLATEAU_PATIENCE = 500
+PLATEAU_PATIENCE = 800
 PLATEAU_RATIO = 0.5
 
 

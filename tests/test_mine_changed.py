@@ -47,3 +47,21 @@ def test_replaced_shard_is_redone_or_refused_and_paths_are_normalised(ray_cluste
     err = capsys.readouterr().err
     assert "1 shard changed since they were done (00001)" in err and "--on-changed redo" in err
     assert (tmp_path / "out" / "stats" / "00001_stats.json").read_text() == marker
+
+
+def test_output_mined_before_a_setting_existed_resumes_at_its_old_value(ray_cluster, tmp_path, capsys):
+    """A manifest written before `method` existed resumes with the default method and is refused with
+    another (catches: setting_defaults ignored, or applied to values that differ)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "00000.tar").write_bytes(webdataset_bytes(sample_records(0, 2, size=32)))
+    args = ["mine", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *FAST]
+    assert main(args) == 0
+    manifest = tmp_path / "out" / "_job.json"
+    old = json.loads(manifest.read_text())
+    for key in ("method", "langevin_noise"):
+        del old["settings"][key]
+    manifest.write_text(json.dumps(old))
+    capsys.readouterr()
+    assert main(args) == 0 and "nothing to do" in capsys.readouterr().out
+    assert main([*args, "--method", "autoprompt-sgd"]) == 2
+    assert "settings.method: 'pez' there vs 'autoprompt-sgd' now" in capsys.readouterr().err

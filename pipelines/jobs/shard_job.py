@@ -63,6 +63,9 @@ class ShardJob:
     reader_kwargs: dict = field(default_factory=dict)
     find: Callable = find_shards  # (Location, fmt) -> list[Shard]
     unit: str = "records"  # what one record is, for progress and summary: images, prompts
+    # settings added after a release, each with the value every job before it ran with: a manifest
+    # without the key resumes when the key has that value (so adding a setting never strands old outputs)
+    setting_defaults: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -209,8 +212,9 @@ def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
         if isinstance(old.get("input"), str):  # written by a version that kept the URI as typed
             old["input"] = normalize_uri(old["input"])
         diff = [k for k in ("job", "input", "format") if old.get(k) != mine[k]]
-        diff += [f"settings.{k}" for k in sorted(set(old.get("settings", {})) | set(job.settings))
-                 if old.get("settings", {}).get(k) != job.settings.get(k)]
+        old["settings"] = {**job.setting_defaults, **old.get("settings", {})}
+        diff += [f"settings.{k}" for k in sorted(set(old["settings"]) | set(job.settings))
+                 if old["settings"].get(k) != job.settings.get(k)]
         if diff:
             details = ", ".join(f"{k}: {_get(old, k)!r} there vs {_get(mine, k)!r} now" for k in diff)
             raise JobConflict(f"{out.uri} holds a job with other settings ({details}); "

@@ -17,6 +17,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+# PEZ settings added after outputs were mined without them, with the value those outputs ran with
+SETTINGS_ADDED = {"method": "pez", "langevin_noise": 0.5}
+
+
 # ---- command line ----------------------------------------------------------------------------
 def build_job(args):
     from pipelines.jobs.cli import actor_threads
@@ -36,7 +40,7 @@ def build_job(args):
         name="mine", unit="images", processor=PEZProcessor,
         processor_kwargs={"model": model, "pretrained": args.pretrained, "pez": pez_kwargs,
                           "batch_size": args.batch_size, "threads": threads, "device": args.device},
-        row_schema=row_schema, settings=settings,
+        row_schema=row_schema, settings=settings, setting_defaults=SETTINGS_ADDED,
         reader_kwargs={"image_column": args.image_column},
     )
 
