@@ -23,9 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import pickle
-import socket
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,16 +31,16 @@ from typing import Any, Callable
 from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp, done_shard_ids,  # noqa: F401
                                     done_shards, marker_file, record_failures, rejects_file, rows_file,
                                     tmp_dir)
-from pipelines.jobs.credentials import expiring, refreshed, start_broker
-from pipelines.jobs.lease import Lease, LeaseHeld, LeaseLost, lease_owner
+from pipelines.jobs.credentials import expiring, start_broker
+from pipelines.jobs.lease import Lease, LeaseHeld
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
 from pipelines.io.storage import Location, StorageOptions, normalize_uri
+from pipelines.jobs.stages import REJECT_FIELDS, _read_stage, _ShardWorker, reject_schema  # noqa: F401 (API)
 
 log = logging.getLogger(__name__)
 
-REJECT_FIELDS = ("key", "shard", "reason")
 
 
 class JobConflict(ValueError):
@@ -82,6 +79,7 @@ class ShardJobConfig:
     progress_interval: float = 2.0  # seconds between progress lines
     on_changed: str = "redo"  # a done shard whose input changed since: redo (default) | refuse
     max_shard_retries: int = 2  # retries of a shard whose actor died; then it is recorded as failed (a poison shard)
+    max_job_restarts: int = 2  # restarts of the whole stream after a Ray system error (a node lost mid-job)
     wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
     lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
 
@@ -97,108 +95,12 @@ class ShardJobConfig:
         if self.wait_lease < 0 or self.lease_seconds <= 0:
             raise ValueError(f"wait_lease must be >= 0 and lease_seconds > 0, got {self.wait_lease}, "
                              f"{self.lease_seconds}")
+        if self.max_job_restarts < 0:
+            raise ValueError(f"max_job_restarts must be >= 0, got {self.max_job_restarts}")
         if self.max_shard_retries < 0:
             raise ValueError(f"max_shard_retries must be >= 0, got {self.max_shard_retries}")
         if self.max_reads_in_flight < 0:
             raise ValueError(f"max_reads_in_flight must be >= 0, got {self.max_reads_in_flight}")
-
-
-def _parquet_bytes(rows: list[dict], schema) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pylist(rows, schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
-
-
-def reject_schema():
-    import pyarrow as pa
-
-    return pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
-
-
-# ---- Ray stages --------------------------------------------------------------------------------
-def _read_stage(row: dict, reader: Callable, reader_kwargs: dict, options: StorageOptions, broker=None) -> dict:
-    """Read task: one shard -> one row holding all its records (pickled; one row cannot be split)."""
-    shard = Shard(**json.loads(row["shard"]))
-    options = refreshed(options, broker)  # forwarded temporary credentials about to expire: fresh ones
-    start = time.monotonic()
-    try:
-        records = list(reader(shard, options.resolve(shard.uri), **reader_kwargs))
-        error = ""
-    except (ShardError, OSError) as e:
-        records, error = [], str(e)
-    except Exception as e:  # noqa: BLE001 -- any unreadable shard fails alone; a rerun retries it
-        records, error = [], f"{shard.uri}: cannot read ({type(e).__name__}: {e})"
-    return {"shard": row["shard"], "records": pickle.dumps(records, protocol=5), "error": error,
-            "read_seconds": time.monotonic() - start}
-
-
-class _ShardWorker:
-    """Actor: builds the processor once, then per shard: process, check, write data, write marker."""
-
-    def __init__(self, job: ShardJob, options: StorageOptions, output_uri: str, run_id: str = "", broker=None):
-        self.job, self.options, self.run_id, self.broker, self.output_uri = job, options, run_id, broker, output_uri
-        self.out = options.resolve(output_uri)
-        self.processor = job.processor(**job.processor_kwargs)
-        self.host = socket.gethostname()
-
-    def __call__(self, batch: dict) -> dict:
-        results = [self._one(s, r, e, float(t)) for s, r, e, t in
-                   zip(batch["shard"], batch["records"], batch["error"], batch["read_seconds"])]
-        return {k: [r[k] for r in results]
-                for k in ("shard", "records", "processed", "rows", "rejects", "size", "error")}
-
-    def _one(self, shard_json: str, blob: bytes, read_error: str, read_seconds: float) -> dict:
-        shard = Shard(**json.loads(shard_json))
-        if self.broker is not None:  # forwarded temporary credentials about to expire: fresh ones
-            self.options = refreshed(self.options, self.broker)
-            self.out = self.options.resolve(self.output_uri)
-        base = {"shard": shard.id, "size": shard.size, "processed": 0}
-        if read_error:
-            log.warning("shard %s failed to read: %s", shard.id, read_error)
-            return {**base, "records": 0, "rows": 0, "rejects": 0, "error": read_error}
-        records = pickle.loads(blob)
-        start = time.monotonic()
-        try:
-            rows, rejects = self._process(shard, records)
-            self._write(shard, records, rows, rejects, read_seconds, time.monotonic() - start)
-        except Exception as e:  # noqa: BLE001 -- the shard fails (no marker: a rerun retries it); the job goes on
-            log.exception("shard %s failed", shard.id)
-            return {**base, "records": len(records), "rows": 0, "rejects": 0, "error": f"{type(e).__name__}: {e}"}
-        processed = sum(1 for r in records if not r.get("error"))  # reached the processor (the model)
-        return {**base, "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
-                "error": ""}
-
-    def _process(self, shard: Shard, records: list[dict]) -> tuple[list[dict], list[dict]]:
-        good = [r for r in records if not r.get("error")]
-        rejects = [{"key": r["key"], "shard": shard.id, "reason": r["error"]} for r in records if r.get("error")]
-        rows, more = self.processor(shard.id, good) if good else ([], [])
-        rejects += [{"key": r["key"], "shard": shard.id, "reason": r["reason"]} for r in more]
-        counted = sorted([r["key"] for r in rows] + [r["key"] for r in rejects])
-        if counted != sorted(r["key"] for r in records):
-            raise RuntimeError(f"{self.job.name} processor returned {len(rows)} rows + {len(rejects)} rejects "
-                               f"for {len(records)} records: keys do not match")
-        return rows, rejects
-
-    def _write(self, shard, records, rows, rejects, read_seconds, seconds) -> None:
-        reasons: dict[str, int] = {}
-        for r in rejects:
-            reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
-        if self.run_id and lease_owner(self.out) != self.run_id:  # fencing: never write over a new owner's shards
-            raise LeaseLost(f"{self.out.uri}: this run ({self.run_id}) no longer holds the output's lease")
-        tmp = tmp_dir(self.out)
-        rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
-        rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
-        stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size, "mtime": shard.mtime,
-                 "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
-                 "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
-                 "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        if hasattr(self.processor, "shard_stats"):  # e.g. mining's batch occupancy counts
-            stats["processor"] = self.processor.shard_stats(shard.id)
-        marker_file(self.out, shard.id).write_text(json.dumps(stats, indent=1), tmp)  # last: the done marker
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -293,6 +195,50 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         ctx.max_errored_blocks = budget
 
 
+# Ray's errors that say the cluster lost something (a node, an actor, an object), not that a shard is bad
+_SYSTEM_ERRORS = ("ActorUnavailableError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
+                  "OwnerDiedError", "WorkerCrashedError", "RaySystemError", "ObjectReconstructionFailedError")
+
+
+def _system_error(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:  # Ray Data wraps the cause; look down the chain
+        seen.add(id(e))
+        if any(c.__name__ in _SYSTEM_ERRORS for c in type(e).__mro__):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: set, failed: list) -> None:
+    """Stream ``pending`` through Ray, recording each returned shard in ``returned`` / ``failed``.
+    After a Ray system error (a worker node died under an actor), restart the stream over the shards
+    not yet returned, at most ``cfg.max_job_restarts`` times: a shard whose marker was written but whose
+    result never reached the driver counts as done (read back from its marker), so none is redone and
+    none is lost; any other error, or one restart too many, propagates."""
+    todo, restarts = pending, 0
+    while todo:
+        try:
+            for result in _stream(job, cfg, options, todo, run_id):
+                returned.add(result["shard"])
+                if result["error"]:
+                    failed.append({"shard": result["shard"], "error": result["error"]})
+                progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
+                                failed=bool(result["error"]), processed=int(result["processed"]))
+            return
+        except Exception as e:  # noqa: BLE001 -- only Ray's system errors restart; the rest propagate
+            if restarts >= cfg.max_job_restarts or not _system_error(e):
+                raise
+            restarts += 1
+            for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
+                returned.add(sid)
+                progress.update(int(st["records"]), int(st["rejects"]), int(st["bytes"]))
+            todo = [s for s in pending if s.id not in returned]
+            log.warning("%s: Ray lost part of the cluster (%s: %s); restarting over the %d shards not yet done "
+                        "(restart %d of at most %d)", job.name, type(e).__name__, str(e).splitlines()[0][:200],
+                        len(todo), restarts, cfg.max_job_restarts)
+
+
 def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:
     """Run (or resume) the job; returns the summary (also written to OUTPUT/summary.json).
 
@@ -352,14 +298,9 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
     failed = []
     if pending:
         started = _start_ray(cfg.address)
+        returned: set[str] = set()
         try:
-            returned = set()
-            for result in _stream(job, cfg, options, pending, lease.run_id):
-                returned.add(result["shard"])
-                if result["error"]:
-                    failed.append({"shard": result["shard"], "error": result["error"]})
-                progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
-                                failed=bool(result["error"]), processed=int(result["processed"]))
+            _run_pending(job, cfg, options, out, pending, lease.run_id, progress, returned, failed)
         except Exception as e:  # noqa: BLE001 -- e.g. the cluster went away: finished shards stay done
             log.error("%s: the Ray job stopped: %s", job.name, e)
             failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})

@@ -1,0 +1,92 @@
+"""A Ray system error mid-stream (a worker node lost under an actor) restarts the stream over the shards
+not yet returned; a shard whose marker was written but whose result never reached the driver is neither
+redone nor lost. Other errors are not retried."""
+
+import time
+
+import pyarrow as pa
+import pytest
+from ray.exceptions import ActorUnavailableError
+
+import pipelines.jobs.shard_job as sj
+from pipelines.io.samples import sample_records, webdataset_bytes
+from pipelines.io.storage import StorageOptions
+from pipelines.jobs.shard_job import ShardJob, ShardJobConfig, run_shard_job
+
+
+def _schema():
+    return pa.schema([("key", pa.string()), ("shard", pa.string())])
+
+
+class Echo:
+    def __call__(self, shard_id, records):
+        time.sleep(0.3)  # slow enough that shards remain when the stream fails
+        return [{"key": r["key"], "shard": shard_id} for r in records], []
+
+
+def _job(tmp_path, shards=4, **cfg):
+    (tmp_path / "in").mkdir()
+    for s in range(shards):
+        (tmp_path / "in" / f"{s:05d}.tar").write_bytes(webdataset_bytes(sample_records(s, 2, size=32)))
+    job = ShardJob(name="restart", processor=Echo, processor_kwargs={}, row_schema=_schema, settings={})
+    return job, ShardJobConfig(input_uri=str(tmp_path / "in"), output_uri=str(tmp_path / "out"), **cfg)
+
+
+def _failing_stream(real, calls, error, fail_times=1, finished=None):
+    """The real stream; on the first ``fail_times`` calls, after two shards are done (the second one's
+    result swallowed, as if the actor's node died just after writing its marker), raise ``error``.
+    ``finished`` collects the ids of those two shards."""
+
+    def stream(job, cfg, options, pending, run_id):
+        calls.append(sorted(s.id for s in pending))
+        it = real(job, cfg, options, pending, run_id)
+        if len(calls) <= fail_times:
+            first = next(it)
+            yield first
+            second = next(it)  # done on the worker, never seen by the driver
+            if finished is not None:
+                finished.extend([first["shard"], second["shard"]])
+            it.close()
+            raise error
+        yield from it
+
+    return stream
+
+
+def test_lost_node_restarts_the_stream_without_redoing_or_losing_a_shard(ray_cluster, tmp_path, monkeypatch):
+    """Catches: no restart (the job aborts), a restart over every pending shard (a done shard redone), or
+    a restart that forgets the marker-only shard (it would be redone, and its records counted twice)."""
+    job, cfg = _job(tmp_path, shards=8)
+    calls, finished = [], []
+    monkeypatch.setattr(sj, "_stream", _failing_stream(sj._stream, calls, ActorUnavailableError("node died", None),
+                                                       finished=finished))
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    assert summary["complete"] and summary["shards"]["done"] == 8 and summary["totals"]["balanced"], summary
+    assert len(calls) == 2 and len(calls[0]) == 8 and len(finished) == 2
+    assert calls[1] and not set(calls[1]) & set(finished)  # the swallowed shard is not redone
+    assert summary["totals"]["records"] == 16
+
+
+def test_restarts_are_bounded_and_other_errors_are_not_retried(ray_cluster, tmp_path, monkeypatch):
+    job, cfg = _job(tmp_path, shards=10, max_job_restarts=1)
+    calls = []
+    monkeypatch.setattr(sj, "_stream", _failing_stream(sj._stream, calls, ActorUnavailableError("x", None), 2))
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    assert len(calls) == 2  # the first try and one restart, then the error is the job's
+    assert any("job aborted: ActorUnavailableError" in f["error"] for f in summary["failed_shards"])
+
+    calls.clear()
+    (tmp_path / "b").mkdir()
+    job2, cfg2 = _job(tmp_path / "b")
+    monkeypatch.setattr(sj, "_stream", _failing_stream(_REAL, calls, ValueError("bad")))
+    summary = run_shard_job(job2, cfg2, StorageOptions(), echo=lambda *_: None)
+    assert len(calls) == 1  # a ValueError is not the cluster's: no restart
+    assert any("job aborted: ValueError: bad" in f["error"] for f in summary["failed_shards"])
+
+
+_REAL = sj._stream
+
+
+def test_max_job_restarts_is_validated():
+    with pytest.raises(ValueError, match="max_job_restarts"):
+        ShardJobConfig(input_uri="a", output_uri="b", max_job_restarts=-1)
