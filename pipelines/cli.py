@@ -14,6 +14,7 @@ import sys
 # Modules that register subcommands, in the order `promptmine --help` lists them.
 JOB_MODULES = (
     "pipelines.pez.cli",  # invert, distill, concat
+    "pipelines.pez.lm_cli",  # lm-prompt (hard prompts for LM classifiers)
     "pipelines.rewrite.cli",  # pairs, rewrite-text (single machine)
     "pipelines.mine.cli",  # mine (Ray Data, resumable)
     "pipelines.rewrite.job",  # rewrite (Ray Data over prompt tables, resumable)
