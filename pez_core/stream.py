@@ -45,7 +45,8 @@ class _Slots:
         if self.soft:  # the best continuous prompt is the result itself
             self.best_emb = torch.zeros_like(self.prompts)
         self.noise: list[torch.Generator | None] = [None] * slots  # fluentprompt: each target's own noise
-        self.noise_std = cfg.langevin_noise * float(self.table.float().std())
+        # the table's std is a pass over every row: only the method that uses it pays for it
+        self.noise_std = cfg.langevin_noise * float(self.table.float().std()) if cfg.method == "fluentprompt" else 0.0
 
     def load(self, slot: int, index: int, target: Target) -> None:
         """Start ``target`` (the ``index``-th of the queue) from scratch in ``slot``."""

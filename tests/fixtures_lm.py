@@ -23,12 +23,22 @@ def tiny_gpt2_dir(tmp_path_factory):
     return build_tiny_lm(tmp_path_factory.mktemp("tiny_gpt2"), arch="gpt2", seed=0)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
+def _one_thread():
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread_module():
+    """``one_torch_thread`` for a whole module (and its module-scoped fixtures), restored after it."""
+    yield from _one_thread()

@@ -11,8 +11,7 @@ from pipelines.io.samples import make_sample_image
 
 
 @pytest.fixture(scope="module")
-def world():
-    torch.set_num_threads(1)
+def world(one_torch_thread_module):
     clip = load_clip("world")
     targets = [image_target(clip, [make_sample_image(1000 + i)], seed=i) for i in range(3)]
     return clip, targets

@@ -79,14 +79,6 @@ def lms(tmp_path_factory, one_torch_thread_module):
     return [_train_lm(tmp_path_factory.mktemp(f"lm{s}"), seed=s) for s in (0, 1)]
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread_module():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n, seed):
     rng = random.Random(seed)
     return [list(x) for x in zip(*(_example(rng) for _ in range(n)))]

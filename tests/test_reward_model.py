@@ -24,13 +24,7 @@ SUBJECTS = ["a cat", "a dog", "a castle", "a robot", "a fox", "a ship", "a drago
 STYLES = ["highly detailed", "artstation", "8k", "concept art", "sharp focus", "octane render", "masterpiece"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is faster and steadier than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread_module")
 
 
 def synthetic_rows(n, seed):

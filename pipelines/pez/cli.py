@@ -52,6 +52,11 @@ def result_dict(result, **fields) -> dict:
     return row
 
 
+def _shown(result) -> str:
+    """The prompt to print: its text, or for a soft prompt (no text) its nearest tokens."""
+    return result.text or result.extra.get("nearest_text", "")
+
+
 def _encoders(result) -> str:
     """With a joint CLIP, the prompt's cosine on each encoder alone: ' (world=0.8100 world-ref=0.7700)'."""
     enc = result.extra.get("encoders")
@@ -88,7 +93,7 @@ def cmd_invert(args) -> int:
     else:
         for row, r in zip(rows, results):
             label = ", ".join(row["images"]) if args.shared else row["image"]
-            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{r.text or r.extra.get('nearest_text', '')}")
+            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{_shown(r)}")
     return 0
 
 
@@ -111,8 +116,7 @@ def cmd_distill(args) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
     else:
-        shown = result.text or result.extra.get("nearest_text", "")
-        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{shown}")
+        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{_shown(result)}")
     return 0
 
 
