@@ -122,6 +122,7 @@ def build_job(args):
     from pez_core.rewrite.reward_model import RewardConfig
     from pez_core.rewrite.sft import SFTConfig
 
+    from pipelines.train.faults import parse as parse_fault
     from pipelines.train.loops import TrainJob
     from pipelines.train.trainer import storage_options
 
@@ -157,10 +158,6 @@ def build_job(args):
     fraction = getattr(args, "eval_fraction", 0.0)
     if not 0 <= fraction < 0.5:
         raise ValueError(f"--eval-fraction must be in [0, 0.5), got {fraction}")
-    inject = None
-    if args.inject_failure:
-        step, _, marker = args.inject_failure.partition(":")
-        inject = (int(step), marker)
     # Ray workers run in another directory: make local paths absolute here (hub ids stay as they are).
     for name in ("data", "output", "model", "ref_model", "reward_ps", "reward_aes"):
         value = getattr(args, name, None)
@@ -175,7 +172,8 @@ def build_job(args):
         ref_model=getattr(args, "ref_model", None),
         reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
         alpha=getattr(args, "alpha", 0.7), relative_reward=not getattr(args, "absolute_reward", False),
-        threads=max(1, int(args.cpus_per_worker)), inject_failure=inject, output=args.output,
+        threads=max(1, int(args.cpus_per_worker)), inject_failure=parse_fault(args.inject_failure),
+        output=args.output,
         eval_interval=getattr(args, "eval_interval", 0), eval_prompts=getattr(args, "eval_prompts", 64),
     )
 

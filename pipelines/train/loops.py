@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from pipelines.io.parquet import read_frame
 from pipelines.io.storage import StorageOptions
+from pipelines.train.faults import die_once
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +128,8 @@ class Run:
         if self.job.inject_failure is None:
             return
         step, marker = self.job.inject_failure
-        if self.step + 1 == step and self.rank == self.world - 1 and not os.path.exists(marker):
-            Path(marker).write_text(f"worker {self.rank} killed before step {step}\n")
-            log.warning("injected failure: rank %d exits before step %d", self.rank, step)
-            os._exit(1)
+        if self.step + 1 == step and self.rank == self.world - 1:
+            die_once(marker, self.rank, step)
 
     def record(self, metrics: dict, model, tokenizer, state_fn, total: int) -> None:
         """Append a metrics row; report it with a checkpoint every ``checkpoint_every`` steps and at the end."""

@@ -30,6 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.train.faults import die_once
+from pipelines.train.faults import parse as parse_fault
+
 log = logging.getLogger(__name__)
 
 KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
@@ -104,10 +107,8 @@ def _maybe_fail(job: WorldJob, start: int, end: int, rank: int, world: int) -> N
     if job.inject_failure is None:
         return
     step, marker = job.inject_failure
-    if start < step <= end and rank == world - 1 and not os.path.exists(marker):
-        Path(marker).write_text(f"world worker {rank} killed before step {step}\n")
-        log.warning("injected failure: rank %d exits before step %d", rank, step)
-        os._exit(1)
+    if start < step <= end and rank == world - 1:
+        die_once(marker, rank, step)
 
 
 # ---- the driver ------------------------------------------------------------------------------------
@@ -130,12 +131,8 @@ def build_job(args) -> WorldJob:
                            **{**RECIPES.get(args.kind, {}), **{k: v for k, v in given.items() if v is not None}})
     if cfg.batch % args.workers:
         raise ValueError(f"--batch {cfg.batch} must be divisible by --workers {args.workers}")
-    inject = None
-    if args.inject_failure:
-        step, _, marker = args.inject_failure.partition(":")
-        inject = (int(step), marker)
     return WorldJob(cfg=cfg, config_file=config_file, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                    inject_failure=inject)
+                    inject_failure=parse_fault(args.inject_failure))
 
 
 def publish(checkpoint, out, job: WorldJob, eval_scenes: int) -> dict:
