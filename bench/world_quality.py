@@ -17,6 +17,11 @@ Over N held-out one-object scenes (scene i from the string seed "quality:i", dra
   captions (the ceiling), random prompts of 16 safe tokens (the floor), and a keyword-bank baseline: the
   top-k world words by the `world` CLIP's image-text cosine, joined by commas (CLIP Interrogator's fast
   mode without BLIP), with k = each prompt length. ``paired`` gives each method minus the captions.
+- ``--fluency L1,L2,..``: PEZ with the fluency prior (``--prompt-lm``, default the shipped world one) at
+  each weight, prompts named ``pez{n}-f{L}``; every prompt set also gets ``readability``: the share of its
+  word bigrams that occur in the world's caption language (the bigrams of 20,000 captions from another
+  seed than the prompt LM's training text; it does not use the LM) and ``nll``, the prompt LM's NLL per
+  token. ``--plot PATH`` draws readability and regenerated similarity against the weight.
 """
 
 from __future__ import annotations
@@ -72,6 +77,23 @@ def word_scores(prompts: list[str], scenes: list) -> dict:
             "precision_with_glue": round(glue, 4)}
 
 
+def caption_bigrams(n: int = 20000, seed: int = 999) -> set[tuple[str, str]]:
+    """The word bigrams of the world's caption language (captions of another seed than any training text)."""
+    from pez_core.world.prompts import world_captions
+
+    out = set()
+    for c in world_captions(n, seed):
+        w = words_of(c)
+        out |= set(zip(w, w[1:]))
+    return out
+
+
+def readability(prompts: list[str], language: set) -> float:
+    """Share of the prompts' word bigrams that occur in ``language`` (0 for prompts of one word)."""
+    pairs = [b for p in prompts for w in [words_of(p)] for b in zip(w, w[1:])]
+    return round(sum(b in language for b in pairs) / max(1, len(pairs)), 4)
+
+
 def keyword_bank(clip, image_features, k: int) -> list[str]:
     """The top-k world words by image-text cosine under ``clip``, joined by commas (per image)."""
     import torch
@@ -106,6 +128,23 @@ def regenerated_similarity(ref, prompts: list[str], targets, seeds: int) -> list
     return out
 
 
+def plot_fluency(out: dict, weights: list[float], lens: list[int], path: str) -> None:
+    """Readability, word precision and regenerated similarity (relative to fluency 0) against the weight."""
+    from pipelines.train.plot import line_plot_png
+
+    series = {}
+    for n in lens:
+        names = [f"pez{n}" + (f"-f{w:g}" if w else "") for w in weights]
+        base = out["protocol"][f"pez{n}"]["mean"]
+        series[f"readability ({n} tokens)"] = [out["pez"][k]["readability"] for k in names]
+        series[f"precision ({n} tokens)"] = [out["pez"][k]["precision"] for k in names]
+        series[f"regenerated / fluency 0 ({n} tokens)"] = [out["protocol"][k]["mean"] / base for k in names]
+    xs = list(range(len(weights)))
+    Path(path).write_bytes(line_plot_png(xs, series, title="PEZ with the fluency prior (world, "
+                                         f"x = fluency weight index: {', '.join(f'{w:g}' for w in weights)})",
+                                         xlabel="fluency weight (index)"))
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -117,11 +156,15 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-lens", default="8,16", help="PEZ prompt lengths")
     p.add_argument("--seeds", type=int, default=5, help="renders per prompt in the protocol")
     p.add_argument("--zero-shot-scenes", type=int, default=200, help="scenes per attribute for zero-shot accuracy")
+    p.add_argument("--fluency", default="", help="fluency weights to sweep (e.g. 0.03,0.1,0.3; PEZ without it always runs)")
+    p.add_argument("--prompt-lm", default="world", help="the prompt LM of the fluency prior (preset or folder)")
+    p.add_argument("--plot", help="with --fluency: write the curve (PNG) here")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from pez_core import PEZConfig, image_target, invert, load_clip
+    from pez_core.prompt_lm import PromptLM
     from pez_core.world.captions import caption
     from pez_core.world.grammar import sample_scene
     from pez_core.world.render import render_scene
@@ -141,18 +184,27 @@ def main(argv=None) -> int:
            "seeds": args.seeds, "zero_shot": zero_shot(clip, n=args.zero_shot_scenes) if args.zero_shot_scenes else {}}
     prompts = {"caption": [caption(s) for s in scenes],
                "random": random_prompts(clip, args.scenes, 16, seed=7)}
-    out["pez"], pez_seconds = {}, {}
+    out["pez"] = {}
+    weights = [0.0] + [float(x) for x in args.fluency.split(",") if x.strip()]
     for n in (int(x) for x in args.prompt_lens.split(",")):
-        t = time.perf_counter()
-        results = invert(clip, [image_target(clip, [im], seed=i) for i, im in enumerate(images)],
-                         PEZConfig(steps=args.steps, prompt_len=n))
-        pez_seconds[n] = time.perf_counter() - t
-        prompts[f"pez{n}"] = [r.text for r in results]
         prompts[f"bank{n}"] = keyword_bank(clip, feats, n)
-        out["pez"][f"pez{n}"] = {**word_scores(prompts[f"pez{n}"], scenes),
-                                 "mean_cosine": round(statistics.mean(r.cosine for r in results), 4),
-                                 "seconds_per_target": round(pez_seconds[n] / args.scenes, 3)}
+        for lam in weights:
+            name = f"pez{n}" + (f"-f{lam:g}" if lam else "")
+            t = time.perf_counter()
+            results = invert(clip, [image_target(clip, [im], seed=i) for i, im in enumerate(images)],
+                             PEZConfig(steps=args.steps, prompt_len=n, fluency=lam, prompt_lm=args.prompt_lm if lam else None))
+            prompts[name] = [r.text for r in results]
+            out["pez"][name] = {**word_scores(prompts[name], scenes), "fluency": lam,
+                                "mean_cosine": round(statistics.mean(r.cosine for r in results), 4),
+                                "seconds_per_target": round((time.perf_counter() - t) / args.scenes, 3)}
     out["words"] = {name: word_scores(ps, scenes) for name, ps in prompts.items() if not name.startswith("pez")}
+    language = caption_bigrams()
+    lm = PromptLM.load(args.prompt_lm)
+    for group in (out["pez"], out["words"]):
+        for name, scores in group.items():
+            ids = [clip.tokenize(p)[:75] or [clip.tokenizer.eot_token_id] for p in prompts[name]]
+            scores["readability"] = readability(prompts[name], language)
+            scores["nll"] = round(statistics.mean(float(lm.nll([i])[0]) for i in ids), 3)
     sims = {name: regenerated_similarity(ref, ps, ref_targets, args.seeds) for name, ps in prompts.items()}
     out["protocol"] = {name: mean_ci(v) for name, v in sims.items()}
     out["paired_vs_caption"] = {name: paired(v, sims["caption"]) for name, v in sims.items() if name != "caption"}
@@ -160,6 +212,8 @@ def main(argv=None) -> int:
     out["ratio_to_caption"] = {name: round(s["mean"] / cap, 4) for name, s in out["protocol"].items()}
     out["examples"] = [{"caption": prompts["caption"][i], **{k: prompts[k][i] for k in prompts if k != "caption"}}
                        for i in range(min(4, args.scenes))]
+    if args.plot and len(weights) > 1:
+        plot_fluency(out, weights, [int(x) for x in args.prompt_lens.split(",")], args.plot)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out, indent=2))
     return 0

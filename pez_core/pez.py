@@ -61,12 +61,21 @@ class PEZConfig:
     projection: Literal["exact", "fast"] = "fast"  # fast = bf16 ranking + exact fp32 re-rank
     method: Literal["pez", "autoprompt-sgd", "fluentprompt", "soft"] = "pez"  # the paper's baselines: METHODS
     langevin_noise: float = 0.5  # fluentprompt: noise std in units of the token table's std, annealed to 0
+    fluency: float = 0.0  # weight of the prompt's mean NLL (nats/token) under prompt_lm; 0: the paper's PEZ
+    prompt_lm: str | None = None  # the fluency prior: a prompt LM preset ("world") or folder (prompt_lm.py)
 
     def __post_init__(self):
         if not 1 <= self.prompt_len <= 75:
             raise ValueError(f"prompt_len must be in 1..75 (CLIP's context minus start/end), got {self.prompt_len}")
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not self.fluency >= 0:
+            raise ValueError(f"fluency must be >= 0, got {self.fluency}")
+        if self.fluency and not self.prompt_lm:
+            raise ValueError("fluency > 0 needs prompt_lm: a prompt LM preset (world) or a folder written by "
+                             "`promptmine train prompt-lm`")
+        if self.fluency and self.method == "soft":
+            raise ValueError("fluency needs tokens to score; method 'soft' has none")
         if not self.langevin_noise >= 0:
             raise ValueError(f"langevin_noise must be >= 0, got {self.langevin_noise}")
         if self.steps < 1:

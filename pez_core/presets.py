@@ -8,6 +8,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # open_clip configs of our own architectures
 TINY_MODEL = "promptmine-tiny"
 TINY_SEED = 0  # the `tiny` preset is random weights built under this torch seed
+DEFAULT_FLUENCY = 0.1  # the CLI's and the endpoint's fluency weight where a prompt LM is in use (README: fluency)
 WORLD_DIR = Path(__file__).parent / "world_models"  # `world` / `world-ref`: trained by `promptmine world train`
 
 
@@ -18,6 +19,7 @@ class Preset:
     fits: str  # which text-to-image model's text encoder this is
     folder: str | None = None  # weights shipped with promptmine: a save_clip folder under WORLD_DIR
     parts: tuple[str, ...] = ()  # a joint preset: these presets' text encoders read one prompt (joint.py)
+    prompt_lm: str | None = None  # the fluency prior PEZ uses with it by default (pez_core.prompt_lm.PRESETS)
 
 
 PRESETS: dict[str, Preset] = {
@@ -28,7 +30,7 @@ PRESETS: dict[str, Preset] = {
     "sdxl-g": Preset("ViT-bigG-14", "laion2b_s39b_b160k", "SDXL (its second text encoder alone)"),
     "tiny": Preset(TINY_MODEL, None, "nothing: a small random CLIP for fast offline tests"),
     "world": Preset("promptmine-world-rn", None, "promptmine's world (its renderer): a CLIP trained offline, shipped",
-                    folder="world"),
+                    folder="world", prompt_lm="world"),
     "world-ref": Preset("promptmine-world-ref-rn", None, "promptmine's world: the reference CLIP that scores "
-                        "regenerated images (other shape, other seed)", folder="world-ref"),
+                        "regenerated images (other shape, other seed)", folder="world-ref", prompt_lm="world"),
 }

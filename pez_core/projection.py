@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
+ST_TEMPERATURE = 0.03  # straight_through: softmax temperature on cosines (README: fluency; 0.01..0.3 measured)
+ST_TOP_K = 64  # straight_through: the nearest candidates the fluency gradient weighs
 PAD_ID = 0  # open_clip pads with id 0; never a candidate, as the start and end tokens
 
 
@@ -159,6 +161,7 @@ class Vocabulary:
         if not ids:
             raise ValueError("no candidate tokens left after the allow-list and ban-list")
         self.clip = clip
+        self._local: torch.Tensor | None = None  # token id -> candidate index (straight_through)
         self.projection = projection
         self.rerank = rerank
         self.ids = torch.tensor(ids, dtype=torch.long, device=clip.device)  # (c,)
@@ -200,6 +203,29 @@ class Vocabulary:
             exact = torch.einsum("qd,qkd->qk", q, self.table_n[top])
             local = top.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
         return self.ids[local].reshape(b, n)
+
+    def straight_through(self, prompt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projection of the continuous ``prompt`` (b, n, d) onto ``ids`` (b, n) (its nearest candidates)
+        as token distributions ``(q, token_ids)``, both (b, n, k), over each position's ST_TOP_K nearest
+        candidates (its own token always among them). ``q`` is exactly one-hot at ``ids`` in the forward
+        pass, with the gradient of softmax(cos(prompt, neighbours) / ST_TEMPERATURE) in the backward one: a
+        loss on token ids (the fluency NLL) moves each position toward the neighbouring tokens it prefers,
+        which is how the continuous prompt changes the tokens it projects to."""
+        if self._local is None:
+            self._local = torch.full((int(self.ids.max()) + 1,), -1, dtype=torch.long, device=self.ids.device)
+            self._local[self.ids] = torch.arange(len(self), device=self.ids.device)
+        b, n, d = prompt.shape
+        q = normalize_parts(prompt.float(), self.widths).reshape(b * n, d)
+        own = self._local[ids].reshape(b * n, 1)
+        k = min(ST_TOP_K, len(self))
+        with torch.no_grad():
+            table = self.table_low if self.projection == "fast" else self.table_n
+            top = (q.to(table.dtype) @ table.T).topk(k, dim=-1).indices  # (bn, k)
+            missing = ~(top == own).any(dim=-1)  # bf16 ties or tied rows can crowd the own token out
+            top[missing, -1] = own[missing, 0]
+        soft = (torch.einsum("qd,qkd->qk", q, self.table_n[top]) / ST_TEMPERATURE).softmax(-1)
+        hard = (top == own).to(soft)  # topk's indices are distinct: exactly one match per row
+        return (hard + soft - soft.detach()).reshape(b, n, k), self.ids[top].reshape(b, n, k)
 
     def random_ids(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n random candidate ids (the initial prompt), drawn with ``generator`` on the CPU."""

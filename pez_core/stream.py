@@ -20,6 +20,7 @@ import torch
 from .clip import ClipModel
 from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, similarity
 from .projection import Vocabulary
+from .prompt_lm import PromptLM
 from .stopping import can_stop_early, stopped
 
 
@@ -33,7 +34,9 @@ class _Slots:
         self.prompts = torch.zeros(slots, n, self.table.shape[1], device=dev)
         self.opt = _AdamW(self.prompts, cfg.lr, cfg.weight_decay)
         self.t = torch.zeros(slots, dtype=torch.long, device=dev)  # each slot's own steps done
-        self.best_cos = torch.full((slots,), -math.inf, device=dev)
+        self.best_cos = torch.full((slots,), -math.inf, device=dev)  # cosine of the best prompt
+        self.best_obj = torch.full((slots,), -math.inf, device=dev)  # its objective: cosine - fluency x NLL
+        self.best_nll = torch.zeros(slots, device=dev)  # its NLL under the prompt LM (fluency > 0)
         self.best_ids = torch.zeros(slots, n, dtype=torch.long, device=dev)
         self.best_step = torch.zeros(slots, dtype=torch.long, device=dev)
         self.stop_t = torch.zeros(slots, dtype=torch.long, device=dev)  # steps run, set when it stops
@@ -47,6 +50,7 @@ class _Slots:
         self.noise: list[torch.Generator | None] = [None] * slots  # fluentprompt: each target's own noise
         # the table's std is a pass over every row: only the method that uses it pays for it
         self.noise_std = cfg.langevin_noise * float(self.table.float().std()) if cfg.method == "fluentprompt" else 0.0
+        self.lm = PromptLM.cached(cfg.prompt_lm, dev) if cfg.fluency else None  # the fluency prior
 
     def load(self, slot: int, index: int, target: Target) -> None:
         """Start ``target`` (the ``index``-th of the queue) from scratch in ``slot``."""
@@ -67,7 +71,7 @@ class _Slots:
         self.opt.m[slot] = 0
         self.opt.v[slot] = 0
         self.t[slot] = 0
-        self.best_cos[slot], self.best_ids[slot], self.best_step[slot] = -math.inf, 0, 0
+        self.best_cos[slot], self.best_obj[slot], self.best_ids[slot], self.best_step[slot] = -math.inf, -math.inf, 0, 0
         self.done[slot] = False
         self.feats[slot] = 0
         self.feats[slot, :k] = f
@@ -87,7 +91,16 @@ class _Slots:
             leaf = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
         feats, weights = self.feats[active], self.weights[active]
         sim = similarity(self.clip.encode_embeds(leaf), feats, weights)  # (a,)
-        (grad,) = torch.autograd.grad((1 - sim).sum(), leaf)
+        loss, objective, nll = 1 - sim, sim, None
+        if self.lm is None:
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+        else:  # the fluency term: its gradient reaches the continuous prompt through the projection's relaxation
+            cont = self.prompts[active].clone().requires_grad_(True)
+            nll = self.lm.nll_soft(*self.vocab.straight_through(cont, ids))  # (a,), exact at the projected ids
+            loss = loss + self.cfg.fluency * nll
+            objective = sim - self.cfg.fluency * nll
+            at_leaf, at_prompt = torch.autograd.grad(loss.sum(), [leaf, cont])
+            grad = at_leaf + at_prompt
         t = self.t[active] + 1
         self.t[active] = t
         self.opt.step(active, grad, t)
@@ -97,11 +110,13 @@ class _Slots:
                 moved = moved + self._langevin(active, t)
             self.prompts[active] = self.table[self.vocab.project(moved)].float()
 
-        sim = sim.detach()
+        sim, objective = sim.detach(), objective.detach()
         live = ~self.done[active]
-        better = (sim > self.best_cos[active]) & live
+        better = (objective > self.best_obj[active]) & live
         rows = active[better]
-        self.best_cos[rows], self.best_step[rows] = sim[better], t[better] - 1
+        self.best_cos[rows], self.best_obj[rows], self.best_step[rows] = sim[better], objective[better], t[better] - 1
+        if nll is not None:
+            self.best_nll[rows] = nll.detach()[better]
         if self.soft:
             self.best_emb[rows] = leaf.detach()[better]
         else:
@@ -129,6 +144,9 @@ class _Slots:
             return index, self._soft_result(target, slot, steps_run, k)
         result = _result(self.clip, target, self.best_ids[slot].tolist(), float(self.best_cos[slot]),
                          int(self.best_step[slot]), steps_run, self.feats[slot, :k], self.weights[slot, :k])
+        if self.lm is not None:  # the returned prompt's NLL (nats/token; re-scored if the round trip changed it)
+            result.extra["nll"] = float(self.lm.nll([result.token_ids])[0]) if "optimised_ids" in result.extra \
+                else float(self.best_nll[slot])
         return index, result
 
     def _soft_result(self, target: Target, slot: int, steps_run: int, k: int) -> PEZResult:

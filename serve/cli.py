@@ -36,6 +36,8 @@ def register(subparsers) -> None:
                                               "`promptmine train` output (local or s3://; PPO: its best/ model)")
     p.add_argument("--clip-model", help="open_clip model name or folder (overrides the preset's CLIP)")
     p.add_argument("--clip-pretrained", help="with --clip-model: a pretrained tag or checkpoint file")
+    p.add_argument("--prompt-lm", help="the fluency prior of /v1/invert: a prompt LM preset or folder, or none "
+                                       "(default: the preset's; world presets: world)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other app argument (see serve/settings.py AppArgs), e.g. max_steps=500; repeatable")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
@@ -75,7 +77,8 @@ def overrides(args) -> dict:
     from pipelines.cli import CLIError
 
     out = {k: v for k, v in (("preset", args.preset), ("rewrite_model", args.rewrite_model),
-                             ("clip_model", args.clip_model), ("clip_pretrained", args.clip_pretrained))
+                             ("clip_model", args.clip_model), ("clip_pretrained", args.clip_pretrained),
+                             ("prompt_lm", args.prompt_lm))
            if v is not None}
     for item in args.set:
         key, sep, value = item.partition("=")

@@ -185,6 +185,8 @@ class _InvertItem:
     deadline: float
     max_pixels: int
     early_stop: bool = True
+    method: str = "pez"
+    fluency: float = 0.0
 
 
 class _AllExpired(Exception):
@@ -196,11 +198,15 @@ class InvertModel(_Batched):
     batch_method_name = "_invert_batch"
 
     def __init__(self, clip: str = "tiny", pretrained: str | None = None, device: str | None = None,
-                 torch_threads: int = 1, vocab_cache: int = 8):
+                 torch_threads: int = 1, vocab_cache: int = 8, prompt_lm: str | None = None, fluency: float = 0.0):
         from pez_core import load_clip
+        from pez_core.prompt_lm import PromptLM
 
         _set_threads(torch_threads)
         self.clip = load_clip(clip, pretrained=pretrained, device=device)
+        self.prompt_lm, self.fluency = prompt_lm, (fluency if prompt_lm else 0.0)  # the default of a request
+        if prompt_lm:
+            PromptLM.cached(prompt_lm, self.clip.device)  # load (and check) it now, not on the first request
         self.vocab_cache_size = vocab_cache
         self._vocabs: OrderedDict[tuple, object] = OrderedDict()
         self.batch_stats = BatchStats()
@@ -209,7 +215,7 @@ class InvertModel(_Batched):
 
     def info(self) -> dict:
         return {"model": self.clip.name, "device": str(self.clip.device),
-                "context_length": self.clip.context_length}
+                "context_length": self.clip.context_length, "prompt_lm": self.prompt_lm, "fluency": self.fluency}
 
     def _vocabulary(self, ban: tuple[tuple[str, ...], tuple[str, ...]]):
         """The candidate table for (whole-word ban list, substring ban list) (cached: building one scans
@@ -224,11 +230,16 @@ class InvertModel(_Batched):
         return self._vocabs[ban]
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
-                     deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True) -> dict:
+                     deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True,
+                     method: str = "pez", fluency: float | None = None) -> dict:
         from pez_core.projection import ban_words
 
+        fluency = self.fluency if fluency is None else fluency
+        if fluency and not self.prompt_lm:
+            return error(422, "fluency: this server has no prompt LM (start it with --prompt-lm)", "fluency",
+                         type="validation_error")
         key = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
-        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop)
+        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop, method, fluency)
         return await self._invert_batch(item)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
@@ -253,8 +264,9 @@ class InvertModel(_Batched):
         features = self.clip.encode_images(images)  # (k, e): one forward for the whole batch
         groups: dict[tuple, list[int]] = {}
         for j, i in enumerate(live):
-            groups.setdefault((items[i].steps, items[i].prompt_len, items[i].ban, items[i].early_stop), []).append(j)
-        for (steps, prompt_len, ban, early_stop), members in groups.items():
+            it = items[i]
+            groups.setdefault((it.steps, it.prompt_len, it.ban, it.early_stop, it.method, it.fluency), []).append(j)
+        for (steps, prompt_len, ban, early_stop, method, fluency), members in groups.items():
             idx = [live[j] for j in members]
             deadline = max(items[i].deadline for i in idx)
 
@@ -272,7 +284,8 @@ class InvertModel(_Batched):
             try:
                 stop_when_expired(0, None)
                 cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban[0], ban_substring=ban[1],
-                                early_stop=early_stop)
+                                early_stop=early_stop, method=method, fluency=fluency,
+                                prompt_lm=self.prompt_lm if fluency else None)
                 results = invert(self.clip, targets, cfg, vocab=vocab, on_step=stop_when_expired)
             except _AllExpired:
                 log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
@@ -284,7 +297,7 @@ class InvertModel(_Batched):
                 continue
             for j, i, r in zip(members, idx, results):
                 out[i] = {"model": self.clip.name, "prompt": r.text, "token_ids": r.token_ids, "cosine": r.cosine,
-                          "best_step": r.best_step, "steps_run": r.steps_run,
+                          "best_step": r.best_step, "steps_run": r.steps_run, "nll": r.extra.get("nll"),
                           "image_size": list(images[j].size), "batch_size": len(live)}
         self.batch_stats.record(len(live), len(live))
         return out

@@ -158,7 +158,8 @@ def build_api(ing: Ingress) -> FastAPI:
         out = await ing.invert("invert", limits.invert_timeout_s, limits.retry_after_s, image=image,
                                steps=options.steps, prompt_len=options.prompt_len, ban=options.ban,
                                ban_substring=options.ban_substring, seed=options.seed,
-                               max_pixels=limits.max_image_pixels, early_stop=options.early_stop)
+                               max_pixels=limits.max_image_pixels, early_stop=options.early_stop,
+                               method=options.method, fluency=options.fluency)
         return {**out, "image_size": list(size),
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 

@@ -87,6 +87,10 @@ class InvertOptions(BaseModel):
                       "(results do not depend on batching)")
     early_stop: bool = Field(True, description="stop once the best prompt has plateaued (pez_core.stopping); "
                              "false: run all `steps`")
+    method: Literal["pez", "autoprompt-sgd", "fluentprompt"] = Field(
+        "pez", description="pez, or one of the PEZ paper's baselines that return text (pez_core.pez.METHODS)")
+    fluency: float | None = Field(None, ge=0, le=10, description="weight of the fluency prior (the prompt's "
+                                  "NLL under the server's prompt LM, /v1/models); 0: off; default: the server's")
 
 
 class InvertJSONRequest(InvertOptions):
@@ -105,9 +109,10 @@ class InvertResponse(BaseModel):
     cosine: float = Field(description="mean cosine of the prompt's text features to the image's")
     best_step: int
     steps_run: int
+    nll: float | None = Field(None, description="the prompt's NLL per token under the prompt LM (when fluency > 0)")
     image_size: list[int] = Field(description="[width, height] of the decoded image")
     batch_size: int = Field(description="images in the model batch this request was part of (encoded together; "
-                            "one PEZ run per distinct (steps, prompt_len, ban, ban_substring, early_stop) in it)")
+                            "one PEZ run per distinct (steps, prompt_len, ban, ban_substring, early_stop, method, fluency) in it)")
     latency_ms: float
 
 

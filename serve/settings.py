@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pez_core.presets import PRESETS
+from pez_core.presets import DEFAULT_FLUENCY, PRESETS
 
 OFFLINE_PRESETS = ("tiny", "world", "world-ref")  # built or shipped offline: rewrite with the tiny BLOOM
 
@@ -66,6 +66,11 @@ class AppArgs(Limits):
     rewrite_template: str = Field("v1", description="instruction template of the rewrite model")
     clip_model: str | None = Field(None, description="open_clip model name or folder (overrides the preset's)")
     clip_pretrained: str | None = Field(None, description="with clip_model: a pretrained tag or checkpoint file")
+    prompt_lm: str | None = Field(None, description="the fluency prior of /v1/invert: a prompt LM preset (world) or "
+                                  "a `promptmine train prompt-lm` model folder; default: the preset's (world "
+                                  "presets: world), 'none' for none")
+    fluency: float = Field(DEFAULT_FLUENCY, ge=0, le=10, description="the default fluency weight of an invert "
+                           "request (with a prompt LM); a request's `fluency` overrides it")
     device: str | None = Field(None, description="torch device of the models (default: cuda if present, else cpu)")
     torch_threads: int = Field(1, ge=1, le=256, description="torch threads per model replica")
     model_num_cpus: float = Field(0.5, gt=0, description="Ray CPUs reserved by each model replica")
@@ -111,6 +116,11 @@ class AppArgs(Limits):
         from pez_core.rewrite.rewriter import DEFAULT_MODEL_ID
 
         return self.rewrite_model or ("tiny" if self.preset in OFFLINE_PRESETS else DEFAULT_MODEL_ID)
+
+    def resolved_prompt_lm(self) -> str | None:
+        if self.prompt_lm:
+            return None if self.prompt_lm == "none" else self.prompt_lm
+        return None if self.clip_model else PRESETS[self.preset].prompt_lm
 
     def resolved_clip(self) -> tuple[str, str | None]:
         return (self.clip_model, self.clip_pretrained) if self.clip_model else (self.preset, None)

@@ -95,6 +95,15 @@ def world_corpus(n: int = 3000, seed: int = 0) -> list[str]:
     return out
 
 
+def world_captions(n: int, seed: int = 0) -> list[str]:
+    """Captions of ``n`` random scenes (a third with two objects; any template and synonyms; under-specified
+    ones too): the world's caption language, which the shipped prompt LM learns and readability is measured in."""
+    from .grammar import sample_scene
+
+    rng = random.Random(f"world-captions:{seed}")
+    return [caption(sample_scene(rng, two_objects=1 / 3), rng, drop=rng.choice((0.0, 0.0, 0.3, 0.6))) for _ in range(n)]
+
+
 def split_holdout(pairs: list[dict], holdout: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """(pairs whose raw prompt is not held out, one row per held-out raw prompt: key, raw_prompt, prompt).
 

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 # PEZ settings added after outputs were mined without them, with the value those outputs ran with
-SETTINGS_ADDED = {"method": "pez", "langevin_noise": 0.5}
+SETTINGS_ADDED = {"method": "pez", "langevin_noise": 0.5, "fluency": 0.0, "prompt_lm": None}
 
 
 # ---- command line ----------------------------------------------------------------------------

@@ -60,6 +60,11 @@ def add_pez_args(p: argparse.ArgumentParser, entry: str, demo: str | None = None
                    + ("; mine needs text, so not soft" if entry == "mine" else ""))
     p.add_argument("--langevin-noise", type=float, default=0.5,
                    help="fluentprompt: noise std in units of the token table's std, annealed to 0 (default 0.5)")
+    p.add_argument("--fluency", type=float, default=None,
+                   help="weight of the fluency prior: the prompt's NLL per token under --prompt-lm, added to the loss "
+                        "(default: DEFAULT_FLUENCY where a prompt LM is in use, else 0; 0 turns it off)")
+    p.add_argument("--prompt-lm", help="the fluency prior: a prompt LM preset (world) or a `promptmine train "
+                                       "prompt-lm` model folder, or none (default: the preset's; world presets: world)")
     p.set_defaults(pez_entry=entry, pez_demo=demo)
 
 
@@ -87,9 +92,27 @@ def pez_config(args, demo: bool = False):
             early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban),
             ban_substring=tuple(args.ban_substring), allow=allow, safe_vocab=not args.all_tokens,
             projection=args.projection, method=args.method, langevin_noise=args.langevin_noise,
+            **fluency_settings(args),
         )
     except ValueError as e:
         raise CLIError(str(e)) from e
+
+
+def fluency_settings(args) -> dict:
+    """``fluency`` and ``prompt_lm`` for PEZConfig: the preset's prompt LM unless --prompt-lm says otherwise
+    (none: off), and DEFAULT_FLUENCY with one unless --fluency is given."""
+    from pez_core.presets import DEFAULT_FLUENCY, PRESETS
+
+    lm = args.prompt_lm
+    if lm is None and not getattr(args, "model", None):
+        lm = PRESETS[args.preset].prompt_lm
+    lm = None if lm in (None, "none") else lm
+    fluency = args.fluency
+    if fluency is None:
+        fluency = DEFAULT_FLUENCY if lm and args.method != "soft" else 0.0
+    if lm and "://" not in lm and Path(lm).expanduser().is_dir():
+        lm = str(Path(lm).expanduser().resolve())  # workers run elsewhere
+    return {"fluency": fluency, "prompt_lm": lm if fluency else None}
 
 
 def load_clip_from_args(args):

@@ -46,6 +46,8 @@ def result_dict(result, **fields) -> dict:
         row["encoders"] = {k: round(v, 6) for k, v in result.extra["encoders"].items()}
     if "bank" in result.extra:
         row["bank"] = result.extra["bank"]
+    if "nll" in result.extra:  # the fluency prior's score of the prompt (nats per token)
+        row["nll"] = round(result.extra["nll"], 4)
     if result.extra.get("soft"):  # --method soft: no text; its embedding and what its nearest tokens reach
         row.update(soft=True, embedding=result.extra["embedding"], nearest_prompt=result.extra["nearest_text"],
                    nearest_cosine=round(result.extra["nearest_cosine"], 6))
@@ -55,6 +57,11 @@ def result_dict(result, **fields) -> dict:
 def _shown(result) -> str:
     """The prompt to print: its text, or for a soft prompt (no text) its nearest tokens."""
     return result.text or result.extra.get("nearest_text", "")
+
+
+def _nll(result) -> str:
+    """With the fluency prior, the prompt's NLL per token under the prompt LM: ' nll=2.31'."""
+    return f" nll={result.extra['nll']:.2f}" if "nll" in result.extra else ""
 
 
 def _encoders(result) -> str:
@@ -93,7 +100,7 @@ def cmd_invert(args) -> int:
     else:
         for row, r in zip(rows, results):
             label = ", ".join(row["images"]) if args.shared else row["image"]
-            print(f"{label}\tcosine={r.cosine:.4f}{_encoders(r)}\t{_shown(r)}")
+            print(f"{label}\tcosine={r.cosine:.4f}{_nll(r)}{_encoders(r)}\t{_shown(r)}")
     return 0
 
 
@@ -116,7 +123,7 @@ def cmd_distill(args) -> int:
     if args.json:
         print(json.dumps(row, indent=2))
     else:
-        print(f"cosine={result.cosine:.4f}{_encoders(result)}\tratio={row['ratio']}\t{_shown(result)}")
+        print(f"cosine={result.cosine:.4f}{_nll(result)}{_encoders(result)}\tratio={row['ratio']}\t{_shown(result)}")
     return 0
 
 

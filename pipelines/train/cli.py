@@ -1,4 +1,5 @@
-"""``promptmine train sft|reward|ppo``: the three BeautifulPrompt stages as Ray Train jobs.
+"""``promptmine train sft|reward|ppo``: the three BeautifulPrompt stages as Ray Train jobs (and
+``train prompt-lm``, PEZ's fluency prior: pipelines/train/prompt_lm.py).
 
     promptmine train sft    --data pairs.parquet --output s3://b/sft --model bigscience/bloom-1b1 --workers 4
     promptmine train reward --kind ps  --data pairs.parquet --output s3://b/r_ps  --model bigscience/bloom-1b1
@@ -39,8 +40,13 @@ def register(subparsers) -> None:
     sft = stages.add_parser("sft", help="supervised fine-tuning, loss on the completion only")
     reward = stages.add_parser("reward", help="a regression reward model (aesthetic or PickScore)")
     ppo = stages.add_parser("ppo", help="PPO against the reward models with an adaptive KL penalty")
+    plm = stages.add_parser("prompt-lm", help="PEZ's fluency prior: a GPT-2 over CLIP's tokens, on a prompt table")
     for sp in (sft, reward, ppo):
         _common_args(sp)
+    _common_args(plm, model_help="a prompt LM folder to continue (default: a new GPT-2)", max_length=None)
+    from pipelines.train.prompt_lm import add_args as add_prompt_lm_args
+
+    add_prompt_lm_args(plm)
     sft.add_argument("--template", default="v1", help="instruction template: v1 (paper) or v2")
     sft.add_argument("--min-pick-score", type=float, help="drop pairs below this pick_score (paper: 18.5)")
     sft.add_argument("--eval-fraction", type=float, default=0.0, help="rows held out for a final eval_loss")
@@ -80,18 +86,19 @@ def register(subparsers) -> None:
     ppo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0)")
 
 
-def _common_args(p: argparse.ArgumentParser) -> None:
+def _common_args(p: argparse.ArgumentParser, model_help: str | None = None, max_length: int | None = 384) -> None:
     p.add_argument("--data", required=True, help="Parquet file or folder (local or s3://) with raw_prompt, prompt, "
                                                  "pick_score, aesthetic_score")
     p.add_argument("--output", required=True, help="output folder (local or s3://): model/, metrics, checkpoints/")
-    p.add_argument("--model", required=True, help="base model: Hugging Face id, local folder or s3:// folder "
-                                                  "(ppo: the SFT model)")
+    p.add_argument("--model", required=model_help is None,
+                   help=model_help or "base model: Hugging Face id, local folder or s3:// folder (ppo: the SFT model)")
     p.add_argument("--epochs", type=int, help="passes over the data (sft 4, reward 1)")
     p.add_argument("--lr", type=float, help="learning rate (sft/reward 2e-5, ppo 5e-6)")
     p.add_argument("--batch-size", type=int, help="examples per worker per step (16)")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser updates (ppo: trlx's total_steps, "
                                                  "default 5000)")
-    p.add_argument("--max-length", type=int, default=384, help="tokens per example (384)")
+    p.add_argument("--max-length", type=int, default=max_length,
+                   help=f"tokens per example ({max_length or 'prompt-lm: 40 CLIP tokens'})")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of warmup steps (0.03)")
     p.add_argument("--seed", type=int, default=0, help="seed of shuffling, sampling and new heads")
     add_ray_train_args(p)
@@ -135,6 +142,10 @@ def build_job(args):
                          short_drop=args.short_drop, **common, **given)
     elif args.stage == "reward":
         algo = RewardConfig(kind=args.kind, **common, **given)
+    elif args.stage == "prompt-lm":
+        from pipelines.train.prompt_lm import build_config
+
+        algo = build_config(args, {**{k: v for k, v in common.items() if v is not None}, **given})
     else:
         algo = PPOConfig(
             template=args.template, rollouts_per_step=args.rollouts_per_step, chunk_size=args.chunk_size,
@@ -194,6 +205,8 @@ def check_data(job) -> int:
         needed.append(job.algo.score_column)
         if job.algo.kind == "ps":
             needed.append("raw_prompt")
+    if job.stage == "prompt-lm":
+        needed.append(job.algo.column)
     if getattr(job.algo, "min_pick_score", None) is not None:
         needed.append("pick_score")
     missing = [c for c in needed if c not in dataset.schema.names]

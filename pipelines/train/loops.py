@@ -27,18 +27,19 @@ from pipelines.train.faults import die_once
 
 log = logging.getLogger(__name__)
 
-STAGES = ("sft", "reward", "ppo")
-REQUIRED_COLUMNS = {"sft": ("raw_prompt", "prompt"), "reward": ("prompt",), "ppo": ("raw_prompt", "prompt")}
+STAGES = ("sft", "reward", "ppo", "prompt-lm")
+REQUIRED_COLUMNS = {"sft": ("raw_prompt", "prompt"), "reward": ("prompt",), "ppo": ("raw_prompt", "prompt"),
+                    "prompt-lm": ()}  # prompt-lm: its --column
 
 
 @dataclass
 class TrainJob:
     """Everything a worker needs; shipped in train_loop_config (its repr never shows credentials)."""
 
-    stage: str  # "sft", "reward" or "ppo"
+    stage: str  # "sft", "reward", "ppo" or "prompt-lm"
     data_uri: str  # Parquet file or folder: local path or s3://bucket/prefix
-    model: str  # base model: Hugging Face id, local folder, or s3:// folder (PPO: the SFT model)
-    algo: object  # SFTConfig, RewardConfig or PPOConfig
+    model: str | None  # base model: Hugging Face id, local or s3:// folder (PPO: the SFT model; prompt-lm: optional)
+    algo: object  # SFTConfig, RewardConfig, PPOConfig or PromptLMConfig
     options: StorageOptions = field(default_factory=StorageOptions)  # how to reach S3
     max_steps: int | None = None  # stop after this many optimiser (PPO) steps
     checkpoint_every: int = 100  # steps between checkpoints (plus one at the end)
@@ -374,4 +375,10 @@ def ppo_loop(config: dict) -> None:
     run.finish(policy, tokenizer, trainer.state_dict)
 
 
-LOOPS = {"sft": sft_loop, "reward": reward_loop, "ppo": ppo_loop}
+def _prompt_lm_loop(config: dict) -> None:
+    from pipelines.train.prompt_lm import prompt_lm_loop
+
+    prompt_lm_loop(config)
+
+
+LOOPS = {"sft": sft_loop, "reward": reward_loop, "ppo": ppo_loop, "prompt-lm": _prompt_lm_loop}

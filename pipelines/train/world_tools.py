@@ -1,7 +1,9 @@
-"""``promptmine world train-aesthetic`` and ``promptmine world init-lm``: the world rewriting loop's models.
+"""``promptmine world train-aesthetic``, ``init-lm`` and ``captions``: the world loops' models and text.
 
     promptmine world train-aesthetic --output world-aes     # the aesthetic stand-in: OUTPUT/world-aesthetic.safetensors
     promptmine world init-lm --output world-lm              # a randomly initialised BLOOM + BPE on world text
+    promptmine world captions --output captions.parquet     # world captions (a `prompt` column), e.g. for
+                                                            # `promptmine train prompt-lm`
 
 - train-aesthetic renders world prompts, computes their visual aesthetic from the pixels
   (``pez_core.scoring.world_aesthetic.visual_aesthetic``) and trains the LAION predictor's MLP over the
@@ -66,6 +68,23 @@ def cmd_init_lm(args) -> int:
     return 0
 
 
+def cmd_captions(args) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pez_core.world.prompts import world_captions
+
+    from pipelines.cli import CLIError
+
+    if args.count < 1:
+        raise CLIError(f"--count must be >= 1, got {args.count}")
+    rows = world_captions(args.count, args.seed)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"prompt": rows}), args.output)
+    print(f"captions: {len(rows)} world captions -> {args.output}  (e.g. \"{rows[0]}\")")
+    return 0
+
+
 def register(sub) -> None:
     a = sub.add_parser("train-aesthetic", help="train the world's aesthetic stand-in (LAION-style MLP over world-CLIP "
                                                "image embeddings)", description=__doc__)
@@ -87,3 +106,8 @@ def register(sub) -> None:
                                                                "near 700)")
     m.add_argument("--seed", type=int, default=0, help="seed of the corpus and the weights")
     m.set_defaults(func=cmd_init_lm)
+    c = sub.add_parser("captions", help="a Parquet table of world captions (column prompt)", description=__doc__)
+    c.add_argument("--output", required=True, help="Parquet file to write")
+    c.add_argument("--count", type=int, default=20000, help="captions (20000)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the scenes and wording (0)")
+    c.set_defaults(func=cmd_captions)
