@@ -231,7 +231,7 @@ class InvertModel(_Batched):
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
                      deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True,
-                     method: str = "pez", fluency: float | None = None) -> dict:
+                     pez_method: str = "pez", fluency: float | None = None) -> dict:
         from pez_core.projection import ban_words
 
         fluency = self.fluency if fluency is None else fluency
@@ -239,7 +239,7 @@ class InvertModel(_Batched):
             return error(422, "fluency: this server has no prompt LM (start it with --prompt-lm)", "fluency",
                          type="validation_error")
         key = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
-        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop, method, fluency)
+        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop, pez_method, fluency)
         return await self._invert_batch(item)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)

@@ -159,7 +159,7 @@ def build_api(ing: Ingress) -> FastAPI:
                                steps=options.steps, prompt_len=options.prompt_len, ban=options.ban,
                                ban_substring=options.ban_substring, seed=options.seed,
                                max_pixels=limits.max_image_pixels, early_stop=options.early_stop,
-                               method=options.method, fluency=options.fluency)
+                               pez_method=options.method, fluency=options.fluency)
         return {**out, "image_size": list(size),
                 "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
 
@@ -223,5 +223,8 @@ _INVERT_BODY = {"requestBody": {"required": True, "content": {
         "prompt_len": {"type": "integer", "default": BUDGETS["serve"].prompt_len},
         "ban": {"type": "array", "items": {"type": "string"}, "description": "repeat, or comma-separated"},
         "ban_substring": {"type": "array", "items": {"type": "string"}, "description": "repeat, or comma-separated"},
-        "seed": {"type": "integer", "default": 0}}}},
+        "seed": {"type": "integer", "default": 0},
+        "early_stop": {"type": "boolean", "default": True},
+        "method": {"type": "string", "enum": ["pez", "autoprompt-sgd", "fluentprompt"], "default": "pez"},
+        "fluency": {"type": "number", "description": "fluency weight (default: the server's)"}}}},
 }}}

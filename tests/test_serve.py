@@ -36,7 +36,7 @@ def served(ray_cluster, tiny_lm_dir, tiny_clip_dir, tmp_path_factory):
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
     models = dict(rewrite_model=str(tiny_lm_dir), clip_model=str(tiny_clip_dir), model_num_cpus=0.25)
-    open_app = build_app(AppArgs(**models, rewrite_batch_wait_s=0.05, invert_batch_wait_s=0.2,
+    open_app = build_app(AppArgs(**models, prompt_lm="world", fluency=0.0, rewrite_batch_wait_s=0.05, invert_batch_wait_s=0.2,
                                  max_steps=300, max_prompt_len=16, auth_token_env="PROMPTMINE_TEST_UNSET_VAR"))
     strict_app = build_app(AppArgs(**models, rewrite_max_batch_size=1, invert_max_batch_size=1,
                                    max_ongoing_requests=1, max_queued_requests=1, retry_after_s=3,
@@ -158,6 +158,25 @@ def test_invert_json_and_multipart_agree(client, sample_png):
     url = "data:image/png;base64," + base64.b64encode(sample_png).decode()
     c = client.post("/v1/invert", json={"image_base64": url, **options}).json()
     assert c["token_ids"] == a["token_ids"]
+
+
+def test_invert_takes_a_method_and_the_fluency_prior(client, sample_png, auth):
+    from pez_core.prompt_lm import PromptLM
+
+    body = {"image_base64": base64.b64encode(sample_png).decode(), "steps": 12, "prompt_len": 5}
+    r = client.post("/v1/invert", json={**body, "fluency": 0.5})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["nll"] == pytest.approx(float(PromptLM.load("world").nll([out["token_ids"]])[0]), abs=1e-3)
+    assert client.post("/v1/invert", json=body).json()["nll"] is None  # this server's default: off
+    r = client.post("/v1/invert", json={**body, "method": "autoprompt-sgd"})
+    assert r.status_code == 200 and len(r.json()["token_ids"]) == 5, r.text
+    assert_error(client.post("/v1/invert", json={**body, "method": "soft"}), 422, "method")
+    assert_error(client.post("/v1/invert", json={**body, "fluency": -1}), 422, "fluency")
+    models = client.get("/v1/models").json()["invert"]
+    assert models["prompt_lm"] == "world" and models["fluency"] == 0.0
+    # a server without a prompt LM says so, naming the field
+    assert_error(client.post("/strict/v1/invert", json={**body, "fluency": 0.5}, headers=auth), 422, "fluency")
 
 
 def test_invert_ban_list_is_respected(client, sample_png):
