@@ -8,7 +8,7 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent / "model_configs"  # open_clip configs of our own architectures
 TINY_MODEL = "promptmine-tiny"
 TINY_SEED = 0  # the `tiny` preset is random weights built under this torch seed
-DEFAULT_FLUENCY = 0.1  # the CLI's and the endpoint's fluency weight where a prompt LM is in use (README: fluency)
+DEFAULT_FLUENCY = 0.03  # the fluency weight where a prompt LM is in use (CLI, endpoint): README "Readable prompts"
 WORLD_DIR = Path(__file__).parent / "world_models"  # `world` / `world-ref`: trained by `promptmine world train`
 
 

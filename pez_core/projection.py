@@ -161,7 +161,6 @@ class Vocabulary:
         if not ids:
             raise ValueError("no candidate tokens left after the allow-list and ban-list")
         self.clip = clip
-        self._local: torch.Tensor | None = None  # token id -> candidate index (straight_through)
         self.projection = projection
         self.rerank = rerank
         self.ids = torch.tensor(ids, dtype=torch.long, device=clip.device)  # (c,)
@@ -184,48 +183,51 @@ class Vocabulary:
         return self.ids.numel()
 
     @torch.no_grad()
-    def project(self, prompt: torch.Tensor) -> torch.Tensor:
+    def project(self, prompt: torch.Tensor, neighbours: int = 0):
         """Nearest candidate ids (b, n) by cosine for continuous prompts (b, n, d); for several encoders
         side by side (``clip.part_widths``), by the sum of their cosines.
 
         ``fast`` ranks all candidates in bfloat16 and re-ranks the best ``rerank`` exactly in fp32,
         which returns the exact argmax unless bf16 rounding pushes it out of the top ``rerank``.
+        With ``neighbours`` k > 0, returns ``(ids, near)``: ``near`` (b * n, k) are the candidate indices of
+        each position's k nearest by the same ranking, its own token among them (for :meth:`straight_through`).
         """
         b, n, d = prompt.shape
         q = prompt.reshape(b * n, d).float()
         if self.widths:  # each part's cosine counts once, whatever the norms of the two halves
             q = normalize_parts(q, self.widths)
+        k = min(max(self.rerank, neighbours), len(self))
         if self.projection == "exact":
-            local = (q @ self.table_n.T).argmax(dim=-1)
+            scores = q @ self.table_n.T
+            local = scores.argmax(dim=-1)
+            top = scores.topk(k, dim=-1).indices if neighbours else None
         else:
-            k = min(self.rerank, len(self))
-            top = (q.to(torch.bfloat16) @ self.table_low.T).topk(k, dim=-1).indices  # (bn, k)
-            exact = torch.einsum("qd,qkd->qk", q, self.table_n[top])
-            local = top.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
-        return self.ids[local].reshape(b, n)
+            top = (q.to(torch.bfloat16) @ self.table_low.T).topk(k, dim=-1).indices  # (bn, k), best first
+            first = top[:, : min(self.rerank, len(self))]
+            exact = torch.einsum("qd,qkd->qk", q, self.table_n[first])
+            local = first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+        ids = self.ids[local].reshape(b, n)
+        if not neighbours:
+            return ids
+        near = top[:, : min(neighbours, len(self))].clone()
+        missing = ~(near == local[:, None]).any(dim=-1)  # bf16 ties or tied rows can crowd it out
+        near[missing, -1] = local[missing]
+        return ids, near
 
-    def straight_through(self, prompt: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The projection of the continuous ``prompt`` (b, n, d) onto ``ids`` (b, n) (its nearest candidates)
-        as token distributions ``(q, token_ids)``, both (b, n, k), over each position's ST_TOP_K nearest
-        candidates (its own token always among them). ``q`` is exactly one-hot at ``ids`` in the forward
-        pass, with the gradient of softmax(cos(prompt, neighbours) / ST_TEMPERATURE) in the backward one: a
-        loss on token ids (the fluency NLL) moves each position toward the neighbouring tokens it prefers,
-        which is how the continuous prompt changes the tokens it projects to."""
-        if self._local is None:
-            self._local = torch.full((int(self.ids.max()) + 1,), -1, dtype=torch.long, device=self.ids.device)
-            self._local[self.ids] = torch.arange(len(self), device=self.ids.device)
+    def straight_through(self, prompt: torch.Tensor, ids: torch.Tensor,
+                         near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The projection of the continuous ``prompt`` (b, n, d) onto ``ids`` (b, n) as token distributions
+        ``(q, token_ids)``, both (b, n, k), over each position's nearest candidates ``near`` (b * n, k) from
+        ``project(prompt, neighbours=k)``. ``q`` is one-hot at ``ids`` in the forward pass (to float rounding), with the
+        gradient of softmax(cos(prompt, neighbours) / ST_TEMPERATURE) in the backward one: a loss on token
+        ids (the fluency NLL) moves each position toward the neighbouring tokens it prefers, which is how
+        the continuous prompt changes the tokens it projects to."""
         b, n, d = prompt.shape
+        k = near.shape[1]
         q = normalize_parts(prompt.float(), self.widths).reshape(b * n, d)
-        own = self._local[ids].reshape(b * n, 1)
-        k = min(ST_TOP_K, len(self))
-        with torch.no_grad():
-            table = self.table_low if self.projection == "fast" else self.table_n
-            top = (q.to(table.dtype) @ table.T).topk(k, dim=-1).indices  # (bn, k)
-            missing = ~(top == own).any(dim=-1)  # bf16 ties or tied rows can crowd the own token out
-            top[missing, -1] = own[missing, 0]
-        soft = (torch.einsum("qd,qkd->qk", q, self.table_n[top]) / ST_TEMPERATURE).softmax(-1)
-        hard = (top == own).to(soft)  # topk's indices are distinct: exactly one match per row
-        return (hard + soft - soft.detach()).reshape(b, n, k), self.ids[top].reshape(b, n, k)
+        soft = (torch.einsum("qd,qkd->qk", q, self.table_n[near]) / ST_TEMPERATURE).softmax(-1)
+        hard = (self.ids[near] == ids.reshape(b * n, 1)).to(soft)  # near's entries are distinct: one match
+        return (hard + soft - soft.detach()).reshape(b, n, k), self.ids[near].reshape(b, n, k)
 
     def random_ids(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n random candidate ids (the initial prompt), drawn with ``generator`` on the CPU."""

@@ -19,7 +19,7 @@ import torch
 
 from .clip import ClipModel
 from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, similarity
-from .projection import Vocabulary
+from .projection import ST_TOP_K, Vocabulary
 from .prompt_lm import PromptLM
 from .stopping import can_stop_early, stopped
 
@@ -87,7 +87,10 @@ class _Slots:
         if self.soft:
             ids, leaf = None, self.prompts[active].clone().requires_grad_(True)  # no projection at all
         else:
-            ids = self.vocab.project(self.prompts[active])  # (a, n)
+            if self.lm is None:
+                ids = self.vocab.project(self.prompts[active])  # (a, n)
+            else:  # and each position's nearest candidates, for the fluency term's relaxation
+                ids, near = self.vocab.project(self.prompts[active], neighbours=ST_TOP_K)
             leaf = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
         feats, weights = self.feats[active], self.weights[active]
         sim = similarity(self.clip.encode_embeds(leaf), feats, weights)  # (a,)
@@ -96,7 +99,7 @@ class _Slots:
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         else:  # the fluency term: its gradient reaches the continuous prompt through the projection's relaxation
             cont = self.prompts[active].clone().requires_grad_(True)
-            nll = self.lm.nll_soft(*self.vocab.straight_through(cont, ids))  # (a,), exact at the projected ids
+            nll = self.lm.nll_soft(*self.vocab.straight_through(cont, ids, near))  # (a,), exact at the projected ids
             loss = loss + self.cfg.fluency * nll
             objective = sim - self.cfg.fluency * nll
             at_leaf, at_prompt = torch.autograd.grad(loss.sum(), [leaf, cont])
