@@ -8,7 +8,7 @@ set of CLIP token ids, so PEZ can score and differentiate the likelihood of the 
 The LM's vocabulary is ``[BOS, EOS, UNK] + clip_ids``: the CLIP tokens that occur in its training prompts.
 Every other CLIP token is UNK, and UNK's probability is shared evenly among them, so ``nll`` is a proper
 negative log-likelihood over all of CLIP's tokens (a prompt full of unseen tokens is very unlikely, as it
-should be) while the LM stays as small as the language it was trained on (the world's: about 300 rows).
+should be) while the LM stays as small as the language it was trained on (the world's: 69 rows).
 A prompt of n tokens is read as ``BOS t1 .. tn EOS``; its NLL is the mean over the n + 1 predictions.
 
 A saved prompt LM is a ``save_pretrained`` folder plus ``prompt_lm.json`` (the CLIP ids). The shipped
@@ -30,11 +30,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .presets import WORLD_DIR
+
 VOCAB_FILE = "prompt_lm.json"
 BOS, EOS, UNK = 0, 1, 2
 SPECIALS = 3
 CLIP_VOCAB_SIZE = 49408  # every preset's CLIP tokenizer
-PRESETS = {"world": Path(__file__).parent / "world_models" / "prompt-lm"}  # shipped prompt LMs
+PRESETS = {"world": WORLD_DIR / "prompt-lm"}  # shipped prompt LMs (package data beside the world CLIPs)
 
 
 @dataclass

@@ -87,10 +87,11 @@ class _Slots:
         if self.soft:
             ids, leaf = None, self.prompts[active].clone().requires_grad_(True)  # no projection at all
         else:
+            prompts = self.prompts[active]  # (a, n, d), a copy
             if self.lm is None:
-                ids = self.vocab.project(self.prompts[active])  # (a, n)
+                ids = self.vocab.project(prompts)  # (a, n)
             else:  # and each position's nearest candidates, for the fluency term's relaxation
-                ids, near = self.vocab.project(self.prompts[active], neighbours=ST_TOP_K)
+                ids, near = self.vocab.project(prompts, neighbours=ST_TOP_K)
             leaf = self.table[ids].float().requires_grad_(True)  # (a, n, d), the straight-through leaf
         feats, weights = self.feats[active], self.weights[active]
         sim = similarity(self.clip.encode_embeds(leaf), feats, weights)  # (a,)
@@ -98,7 +99,7 @@ class _Slots:
         if self.lm is None:
             (grad,) = torch.autograd.grad(loss.sum(), leaf)
         else:  # the fluency term: its gradient reaches the continuous prompt through the projection's relaxation
-            cont = self.prompts[active].clone().requires_grad_(True)
+            cont = prompts.requires_grad_(True)
             nll = self.lm.nll_soft(*self.vocab.straight_through(cont, ids, near))  # (a,), exact at the projected ids
             loss = loss + self.cfg.fluency * nll
             objective = sim - self.cfg.fluency * nll

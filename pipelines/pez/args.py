@@ -102,6 +102,7 @@ def fluency_settings(args) -> dict:
     """``fluency`` and ``prompt_lm`` for PEZConfig: the preset's prompt LM unless --prompt-lm says otherwise
     (none: off), and DEFAULT_FLUENCY with one unless --fluency is given."""
     from pez_core.presets import DEFAULT_FLUENCY, PRESETS
+    from pez_core.prompt_lm import PRESETS as PROMPT_LMS
 
     lm = args.prompt_lm
     if lm is None and not getattr(args, "model", None):
@@ -110,7 +111,7 @@ def fluency_settings(args) -> dict:
     fluency = args.fluency
     if fluency is None:
         fluency = DEFAULT_FLUENCY if lm and args.method != "soft" else 0.0
-    if lm and "://" not in lm and Path(lm).expanduser().is_dir():
+    if lm and lm not in PROMPT_LMS and Path(lm).expanduser().is_dir():
         lm = str(Path(lm).expanduser().resolve())  # workers run elsewhere
     return {"fluency": fluency, "prompt_lm": lm if fluency else None}
 

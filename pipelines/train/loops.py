@@ -24,6 +24,7 @@ from pathlib import Path
 from pipelines.io.parquet import read_frame
 from pipelines.io.storage import StorageOptions
 from pipelines.train.faults import die_once
+from pipelines.train.prompt_lm import prompt_lm_loop
 
 log = logging.getLogger(__name__)
 
@@ -375,10 +376,4 @@ def ppo_loop(config: dict) -> None:
     run.finish(policy, tokenizer, trainer.state_dict)
 
 
-def _prompt_lm_loop(config: dict) -> None:
-    from pipelines.train.prompt_lm import prompt_lm_loop
-
-    prompt_lm_loop(config)
-
-
-LOOPS = {"sft": sft_loop, "reward": reward_loop, "ppo": ppo_loop, "prompt-lm": _prompt_lm_loop}
+LOOPS = {"sft": sft_loop, "reward": reward_loop, "ppo": ppo_loop, "prompt-lm": prompt_lm_loop}
