@@ -5,7 +5,10 @@
 
 Methods (``PEZConfig.method``; same targets, seeds, batching and AdamW for all, early stop off):
 pez, autoprompt-sgd, fluentprompt, soft, and the keyword-bank ablation ``pez-bank`` (PEZ restricted to
-the world's words, ``PEZConfig.allow``). Rows without optimisation: the true captions (the ceiling),
+the world's words, ``PEZConfig.allow``). ``fluentprompt-lm`` is FluentPrompt as the paper defines it, with
+its fluency penalty (``--fluency`` x the prompt's mean NLL under ``--prompt-lm``, the shipped world prompt
+LM); ``pez-lm`` is PEZ with promptmine's default fluency prior (not a row of the paper's table). Every
+prompt set also gets ``readability``: the share of its word bigrams found in 20,000 world captions. Rows without optimisation: the true captions (the ceiling),
 CLIP-Interrogator-style keyword lists (``bank``: the top-8 world words by image-text cosine) and random
 prompts (the floor).
 
@@ -35,11 +38,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ("pez", "autoprompt-sgd", "fluentprompt", "soft", "pez-bank")
+from pez_core.presets import DEFAULT_FLUENCY  # noqa: E402
+
+METHODS = ("pez", "autoprompt-sgd", "fluentprompt", "fluentprompt-lm", "soft", "pez-bank", "pez-lm")
+# "-lm": the same method with the fluency term under the world prompt LM (--fluency x mean NLL per token):
+# FluentPrompt as the paper defines it (Langevin dynamics AND a fluency penalty), and PEZ with promptmine's
+# default fluency prior (not in the paper's Table 1)
 # the PEZ paper's Table 1 (8 tokens; regenerated-image CLIP similarity on LAION / MS COCO / Celeb-A / Lexica)
 PAPER = {"pez": [0.714, 0.706, 0.621, 0.763], "pez-bank": [0.702, 0.689, 0.629, 0.740],
          "autoprompt-sgd": [0.689, 0.669, 0.595, 0.702], "fluentprompt": [0.688, 0.671, 0.583, 0.702],
          "soft": [0.408, 0.420, 0.451, 0.554]}
+PAPER["fluentprompt-lm"] = PAPER["fluentprompt"]  # the paper's FluentPrompt has its fluency penalty
 
 
 def scenes_and_images(clip, prefix: str, n: int, render_base: int):
@@ -54,9 +63,12 @@ def run_method(clip, images, method: str, lr: float, args):
     from pez_core import PEZConfig, image_target, invert
     from pez_core.world.grammar import WORDS
 
+    lm = method.endswith("-lm")
+    base = method.removesuffix("-lm")
     cfg = PEZConfig(steps=args.steps, prompt_len=args.prompt_len, lr=lr, early_stop=False,
-                    method="pez" if method == "pez-bank" else method,
-                    allow=sorted(WORDS) if method == "pez-bank" else None)
+                    method="pez" if base == "pez-bank" else base,
+                    allow=sorted(WORDS) if base == "pez-bank" else None,
+                    fluency=args.fluency if lm else 0.0, prompt_lm=args.prompt_lm if lm else None)
     return invert(clip, [image_target(clip, [im], seed=i) for i, im in enumerate(images)], cfg)
 
 
@@ -77,6 +89,9 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=8, help="tokens (the paper's Table 1: 8)")
     p.add_argument("--seeds", type=int, default=5, help="renders per prompt")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--fluency", type=float, default=DEFAULT_FLUENCY,
+                   help="fluency weight of the -lm rows (promptmine's default, chosen on PEZ in bench/world_quality.py)")
+    p.add_argument("--prompt-lm", default="world", help="the prompt LM of the -lm rows")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -84,7 +99,7 @@ def main(argv=None) -> int:
     from pez_core import load_clip
     from pez_core.world.captions import caption
     from pez_core.world.render import render_scene
-    from world_quality import keyword_bank, random_prompts, regenerated_similarity
+    from world_quality import caption_bigrams, keyword_bank, random_prompts, readability, regenerated_similarity
 
     from pipelines.evaluate.stats import mean_ci, paired
 
@@ -121,17 +136,19 @@ def main(argv=None) -> int:
     prompts["bank"] = keyword_bank(clip, clip.encode_images(images), args.prompt_len)
     prompts["random"] = random_prompts(clip, args.scenes, args.prompt_len, seed=7)
 
+    language = caption_bigrams()
     sims = {name: regenerated_similarity(ref, ps, ref_targets, args.seeds) for name, ps in prompts.items()}
     out = {"model": args.model, "reference": args.reference, "scenes": args.scenes, "steps": args.steps,
            "prompt_len": args.prompt_len, "seeds": args.seeds, "lr": chosen, "lr_tuning": tuning,
            "regenerated": {name: mean_ci(v) for name, v in sims.items()},
            "own_cosine": own, "seconds_per_target": seconds,
+           "readability": {name: round(readability(ps, language), 3) for name, ps in prompts.items()},
            "paper_table1": {"columns": ["LAION", "MS COCO", "Celeb-A", "Lexica.art"], **PAPER}}
     if "pez" in sims:
         out["paired_vs_pez"] = {name: paired(v, sims["pez"]) for name, v in sims.items() if name != "pez"}
     ranking = sorted((m for m in methods), key=lambda m: -out["regenerated"][m]["mean"])
     out["ranking"] = ranking
-    out["paper_ranking"] = sorted(methods, key=lambda m: -statistics.mean(PAPER[m]))
+    out["paper_ranking"] = sorted((m for m in methods if m in PAPER), key=lambda m: -statistics.mean(PAPER[m]))
     out["examples"] = [{"caption": prompts["caption"][i], **{m: prompts[m][i] for m in methods}}
                        for i in range(min(3, args.scenes))]
     out["seconds"] = round(time.perf_counter() - t0, 1)
