@@ -174,7 +174,8 @@ class InvertEngine:
             hist = {str(k): v for k, v in sorted(self.histogram.items())}
             out = {"batches": self.streams, "requests": self.answered, "items": self.started,
                    "max_batch_size_seen": max(self.histogram, default=0), "batch_size_histogram": hist,
-                   "batch_steps": self.batch_steps, "cancelled": self.cancelled,
+                   "batch_steps": self.batch_steps, "occupied_slot_steps": self.occupied_steps,
+                   "slot_capacity_steps": self.slot_capacity_steps, "cancelled": self.cancelled,
                    "mean_slot_occupancy": round(self.occupied_steps / self.slot_capacity_steps, 4)
                    if self.slot_capacity_steps else 0.0}
         out["workers"] = len(workers)
