@@ -119,7 +119,7 @@ def run_load(url: str, args, headers: dict) -> dict:
     result["max_batch_size"] = after["max_batch_size"]
     result["model_batch_size_histogram"] = histogram_delta(before, after)
     result["model_calls"] = after["batches"] - before["batches"]  # invert: group workers started
-    if args.endpoint == "invert":
+    if args.endpoint == "invert" and "occupied_slot_steps" in after:  # (a server before continuous batching: no)
         steps = after["batch_steps"] - before["batch_steps"]
         result["pez_batch_steps"] = steps
         result["mean_slot_occupancy"] = round((after["occupied_slot_steps"] - before["occupied_slot_steps"])

@@ -90,9 +90,9 @@ class _Worker:
             for index, result in self.stream:
                 with self.lock:
                     job = self.jobs.pop(index, None)
-                if job is not None:
-                    job.settle((result, job.batch_size))
+                if job is not None:  # counted first: a caller reading the stats after its answer sees it
                     self.engine._count(answered=job.batch_size)
+                    job.settle((result, job.batch_size))
         except Exception as e:  # a model failure fails this group's requests only; logged here, once
             log.exception("PEZ worker for %d slots failed", self.slots)
             self.feed.close()

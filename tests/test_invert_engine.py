@@ -29,14 +29,15 @@ def ask(model, image, steps=3, seed=0):
 def test_an_idle_worker_ends_and_the_next_request_starts_one(model, image):
     """Catches: a worker that never ends, or a group still mapped to a worker that ended (the request
     would wait on a feed nobody reads: it would hang until its deadline)."""
-    before = model.engine.snapshot()["batches"]
+    before = model.engine.snapshot()
     first = ask(model, image)
     assert first["steps_run"] == 3 and first["batch_size"] == 1, first
+    assert model.engine.snapshot()["requests"] == before["requests"] + 1  # counted before it was answered
     [worker] = model.engine.workers.values()
     worker.thread.join(10)
     assert not worker.thread.is_alive() and model.engine.workers == {}
     assert ask(model, image)["token_ids"] == first["token_ids"]
-    assert model.engine.snapshot()["batches"] == before + 2
+    assert model.engine.snapshot()["batches"] == before["batches"] + 2
     for i in range(8):  # requests racing the idle close (0.1 s after each answer): each one answered
         time.sleep(0.09 + 0.005 * i)
         assert ask(model, image)["token_ids"] == first["token_ids"]
