@@ -109,10 +109,12 @@ def run_load(url: str, args, headers: dict) -> dict:
     if args.endpoint == "invert":
         body, path = invert_body([int(x) for x in args.steps.split(",")]), "/v1/invert"
     else:
-        body = lambda i: {"prompt": f"a lighthouse number {i} at sunset", "max_new_tokens": args.new_tokens,  # noqa: E731
-                          "min_new_tokens": args.new_tokens}
+        def body(i):
+            return {"prompt": f"a lighthouse number {i} at sunset", "max_new_tokens": args.new_tokens,
+                    "min_new_tokens": args.new_tokens}
         path = "/v1/rewrite"
-    asyncio.run(load(url, min(8, args.requests), min(8, args.concurrency), body, headers, args.timeout, path))  # warm up
+    warm = min(8, args.requests), min(8, args.concurrency)
+    asyncio.run(load(url, *warm, body, headers, args.timeout, path))  # warm up
     before = model_stats(url, headers, args.endpoint)
     result = asyncio.run(load(url, args.requests, args.concurrency, body, headers, args.timeout, path))
     after = model_stats(url, headers, args.endpoint)
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-batch-size", type=int, help="max batch size (invert: slots per group) of the local app "
                    "(default: the app's)")
     p.add_argument("--compare-batch-size", type=int, help="also run with this max batch size (e.g. 1)")
-    p.add_argument("--batch-wait-s", type=float, help="batch wait of the local app (default: the app's; invert ignores it)")
+    p.add_argument("--batch-wait-s", type=float,
+                   help="batch wait of the local app (default: the app's; invert ignores it)")
     p.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of the local app")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
     p.add_argument("--timeout", type=float, default=60, help="client timeout per request, seconds")
