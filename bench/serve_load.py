@@ -2,13 +2,18 @@
 status counts and the batch sizes the model saw. Prints JSON.
 
     python bench/serve_load.py --requests 512 --concurrency 64 --compare-batch-size 1
+    python bench/serve_load.py --endpoint invert --requests 64 --concurrency 16 --steps 60,240
     python bench/serve_load.py --url http://127.0.0.1:8000 --requests 200 --concurrency 32   # a running app
 
 Without ``--url`` it starts a local Ray (2 CPUs), deploys the app with the tiny models (preset tiny:
 random BLOOM and CLIP built offline) on a free 127.0.0.1 port, runs the load, and with
-``--compare-batch-size B`` redeploys with ``rewrite_max_batch_size=B`` and runs the same load again.
+``--compare-batch-size B`` redeploys with that max batch size (``rewrite_max_batch_size=B``, or
+``invert_max_batch_size``) and runs the same load again.
 Every rewrite generates exactly ``--new-tokens`` tokens (min_new_tokens = max_new_tokens), so each
-request is the same work whatever the random model would emit.
+request is the same work whatever the random model would emit. ``--endpoint invert`` loads /v1/invert
+instead (the sample images, early_stop off, ``--steps`` cycled over the requests, one PEZ group per
+distinct value; ``--max-batch-size`` / ``--compare-batch-size`` then set the slots per group) and also
+reports the PEZ batch's mean slot occupancy over the run (occupied slots / slots, from /v1/models).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-async def load(url: str, n: int, concurrency: int, body_for, headers: dict, timeout: float) -> dict:
+async def load(url: str, n: int, concurrency: int, body_for, headers: dict, timeout: float,
+               path: str = "/v1/rewrite") -> dict:
     import httpx
 
     latencies, statuses, batch_sizes = [], Counter(), Counter()
@@ -48,7 +54,7 @@ async def load(url: str, n: int, concurrency: int, body_for, headers: dict, time
             i = queue.get_nowait()
             start = time.perf_counter()
             try:
-                r = await client.post("/v1/rewrite", json=body_for(i))
+                r = await client.post(path, json=body_for(i))
                 statuses[str(r.status_code)] += 1
                 if r.status_code == 200:
                     batch_sizes[r.json()["batch_size"]] += 1
@@ -73,10 +79,10 @@ async def load(url: str, n: int, concurrency: int, body_for, headers: dict, time
             "response_batch_size_histogram": {str(k): v for k, v in sorted(batch_sizes.items())}}
 
 
-def model_stats(url: str, headers: dict) -> dict:
+def model_stats(url: str, headers: dict, endpoint: str = "rewrite") -> dict:
     import httpx
 
-    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()["rewrite"]["stats"]
+    return httpx.get(f"{url}/v1/models", headers=headers, timeout=30).json()[endpoint]["stats"]
 
 
 def histogram_delta(before: dict, after: dict) -> dict:
@@ -84,16 +90,43 @@ def histogram_delta(before: dict, after: dict) -> dict:
     return {k: v for k, v in sorted((a - b).items(), key=lambda kv: int(kv[0]))}
 
 
+def invert_body(steps: list[int]):
+    import base64
+    import io
+
+    from pipelines.io.samples import make_sample_image
+
+    images = []
+    for seed in range(4):
+        buf = io.BytesIO()
+        make_sample_image(seed).save(buf, "PNG")
+        images.append(base64.b64encode(buf.getvalue()).decode())
+    return lambda i: {"image_base64": images[i % 4], "steps": steps[i % len(steps)], "prompt_len": 8,
+                      "seed": i, "early_stop": False}
+
+
 def run_load(url: str, args, headers: dict) -> dict:
-    body = lambda i: {"prompt": f"a lighthouse number {i} at sunset", "max_new_tokens": args.new_tokens,  # noqa: E731
-                      "min_new_tokens": args.new_tokens}
-    asyncio.run(load(url, min(8, args.requests), min(8, args.concurrency), body, headers, args.timeout))  # warm up
-    before = model_stats(url, headers)
-    result = asyncio.run(load(url, args.requests, args.concurrency, body, headers, args.timeout))
-    after = model_stats(url, headers)
+    if args.endpoint == "invert":
+        body, path = invert_body([int(x) for x in args.steps.split(",")]), "/v1/invert"
+    else:
+        def body(i):
+            return {"prompt": f"a lighthouse number {i} at sunset", "max_new_tokens": args.new_tokens,
+                    "min_new_tokens": args.new_tokens}
+        path = "/v1/rewrite"
+    warm = min(8, args.requests), min(8, args.concurrency)
+    asyncio.run(load(url, *warm, body, headers, args.timeout, path))  # warm up
+    before = model_stats(url, headers, args.endpoint)
+    result = asyncio.run(load(url, args.requests, args.concurrency, body, headers, args.timeout, path))
+    after = model_stats(url, headers, args.endpoint)
     result["max_batch_size"] = after["max_batch_size"]
     result["model_batch_size_histogram"] = histogram_delta(before, after)
-    result["model_calls"] = after["batches"] - before["batches"]
+    result["model_calls"] = after["batches"] - before["batches"]  # invert: group workers started
+    if args.endpoint == "invert" and "occupied_slot_steps" in after:  # (a server before continuous batching: no)
+        steps = after["batch_steps"] - before["batch_steps"]
+        result["pez_batch_steps"] = steps
+        result["mean_slot_occupancy"] = round((after["occupied_slot_steps"] - before["occupied_slot_steps"])
+                                              / (after["slot_capacity_steps"] - before["slot_capacity_steps"]),
+                                              4) if steps else 0.0
     result["server_errors_5xx"] = sum(v for k, v in result["status_counts"].items() if k.startswith("5"))
     result["timeouts"] = sum(v for k, v in result["status_counts"].items() if k in ("504", "408", "client_timeout"))
     return result
@@ -111,8 +144,8 @@ def deploy(port: int, max_batch_size: int, args) -> str:
     from serve.app import build_app
     from serve.settings import AppArgs
 
-    tuned = {k: v for k, v in {"rewrite_max_batch_size": max_batch_size,
-                               "rewrite_batch_wait_s": args.batch_wait_s}.items() if v is not None}
+    tuned = {k: v for k, v in {f"{args.endpoint}_max_batch_size": max_batch_size,
+                               f"{args.endpoint}_batch_wait_s": args.batch_wait_s}.items() if v is not None}
     app_args = AppArgs(preset="tiny", **tuned, torch_threads=args.threads,
                        max_queued_requests=args.max_queued, auth_token_env="PROMPTMINE_BENCH_NO_TOKEN")
     serve.run(build_app(app_args), name="bench", route_prefix="/")
@@ -124,10 +157,14 @@ def main(argv=None) -> int:
     p.add_argument("--url", help="an app already running (default: deploy the tiny app locally)")
     p.add_argument("--requests", type=int, default=512, help="requests to send (N)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight at once (C)")
+    p.add_argument("--endpoint", choices=("rewrite", "invert"), default="rewrite", help="the endpoint to load")
     p.add_argument("--new-tokens", type=int, default=32, help="tokens generated per rewrite")
-    p.add_argument("--max-batch-size", type=int, help="rewrite max batch size of the local app (default: the app's)")
+    p.add_argument("--steps", default="60,240", help="invert: PEZ steps per request, cycled (comma-separated)")
+    p.add_argument("--max-batch-size", type=int, help="max batch size (invert: slots per group) of the local app "
+                   "(default: the app's)")
     p.add_argument("--compare-batch-size", type=int, help="also run with this max batch size (e.g. 1)")
-    p.add_argument("--batch-wait-s", type=float, help="rewrite batch wait of the local app (default: the app's)")
+    p.add_argument("--batch-wait-s", type=float,
+                   help="batch wait of the local app (default: the app's; invert ignores it)")
     p.add_argument("--max-queued", type=int, default=256, help="max_queued_requests of the local app")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
     p.add_argument("--timeout", type=float, default=60, help="client timeout per request, seconds")
@@ -137,7 +174,8 @@ def main(argv=None) -> int:
     headers = {"Authorization": f"Bearer {os.environ['PROMPTMINE_API_TOKEN']}"} if os.environ.get(
         "PROMPTMINE_API_TOKEN") else {}
 
-    report = {"requests": args.requests, "concurrency": args.concurrency, "new_tokens": args.new_tokens,
+    report = {"endpoint": args.endpoint, "requests": args.requests, "concurrency": args.concurrency,
+              **({"steps": args.steps} if args.endpoint == "invert" else {"new_tokens": args.new_tokens}),
               "load_average_before": [round(x, 1) for x in os.getloadavg()], "runs": []}
     if args.url:
         report["runs"].append(run_load(args.url.rstrip("/"), args, headers))

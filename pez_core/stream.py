@@ -7,12 +7,25 @@ rows, so a target's result does not depend on which targets share the batch or w
 the float rounding of batched matrix products, which in practice leaves the ids identical).
 ``pez.invert`` is this loop with as many slots as targets.
 
+The queue is either a plain iterable (read with ``next``; the first StopIteration means exhausted for
+good: ``invert``, mining) or a live :class:`TargetFeed` (an online server). A feed is filled from other
+threads: ``put(target)`` returns the target's index, ``cancel(index)`` drops a queued target or frees a
+running one's slot before the next step (its result is never produced), ``close()`` lets the stream end
+once the feed is drained. The stream polls the feed without waiting while any slot is occupied (a new
+target joins at the next step) and waits on it only when every slot is empty; a feed made with
+``idle_timeout`` closes itself, atomically under its lock, when it stayed empty that long while the
+stream waited, so the stream ends, and a later ``put`` raises :class:`FeedClosed` (the caller starts a
+new stream) instead of landing in a feed nobody reads.
+
 Shapes: B slots, a occupied slots, n prompt tokens, d text width, k feature vectors per target, e joint width.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -166,25 +179,125 @@ class _Slots:
         return PEZResult("", [], float(self.best_cos[slot]), int(self.best_step[slot]), steps_run, target.kind, extra)
 
 
+class FeedClosed(RuntimeError):
+    """``TargetFeed.put`` on a closed feed: nothing reads it any more."""
+
+
+_NOTHING_NOW = object()  # TargetFeed._take: no target queued yet, the feed still open
+
+
+class TargetFeed:
+    """A thread-safe live queue for :func:`invert_stream` (see the module docstring). Indices count the
+    targets put, from 0, in order; a stream reads a feed in that order (FIFO)."""
+
+    def __init__(self, idle_timeout: float | None = None):
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 or None, got {idle_timeout}")
+        self.idle_timeout = idle_timeout
+        self._cond = threading.Condition()
+        self._queued: deque[tuple[int, Target]] = deque()
+        self._cancel: set[int] = set()  # running targets to free at the next step
+        self._count = 0
+        self._closed = False
+
+    def put(self, target: Target) -> int:
+        """Queue ``target``; returns its index. Raises :class:`FeedClosed` once the feed is closed."""
+        with self._cond:
+            if self._closed:
+                raise FeedClosed("this feed is closed; start a new stream")
+            index, self._count = self._count, self._count + 1
+            self._queued.append((index, target))
+            self._cond.notify_all()
+            return index
+
+    def cancel(self, index: int) -> None:
+        """Drop target ``index``: taken off the queue if still there, else its slot is freed at the stream's
+        next step and no result comes for it. A finished or unknown index is ignored."""
+        with self._cond:
+            for i, (queued, _) in enumerate(self._queued):
+                if queued == index:
+                    del self._queued[i]
+                    return
+            if 0 <= index < self._count:
+                self._cancel.add(index)
+
+    def close(self) -> None:
+        """No more puts; a stream ends once it has run every target already queued."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        """Targets queued, not yet in a slot."""
+        return len(self._queued)
+
+    def _take(self, wait: bool):
+        """The stream's read: ``(index, target)``; ``_NOTHING_NOW`` when none is queued (``wait`` False);
+        None when the feed is closed and drained. ``wait``: block until a put, a close or the idle timeout
+        (which closes the feed, here under the lock, so no put can slip in between)."""
+        with self._cond:
+            end = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
+            while wait and not self._queued and not self._closed:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    self._closed = True
+                    break
+                self._cond.wait(left)
+            if self._queued:
+                return self._queued.popleft()
+            return None if self._closed else _NOTHING_NOW
+
+    def _cancelled(self) -> set[int]:
+        """Indices cancelled since the last call (the stream frees their slots)."""
+        with self._cond:
+            out, self._cancel = self._cancel, set()
+            return out
+
+
 class Stream:
     """Iterator of ``(index, PEZResult)`` in the order targets finish; ``index`` is the target's position
     in the queue. ``occupancy`` = occupied slots / slots, averaged over the steps run so far."""
 
-    def __init__(self, clip, targets, cfg, slots, vocab, on_step, trace, sync_every):
+    def __init__(self, clip, targets, cfg, slots, vocab, on_step, trace, sync_every, on_start=None):
         if slots < 1:
             raise ValueError(f"slots must be >= 1, got {slots}")
         self.cfg = cfg
         self.vocab = vocab or Vocabulary.from_config(clip, cfg)
         self.slots = _Slots(clip, self.vocab, cfg, slots)
-        self.queue = enumerate(targets)
-        self.on_step, self.trace = on_step, trace
+        self.feed = targets if isinstance(targets, TargetFeed) else None
+        self.queue = None if self.feed is not None else enumerate(targets)
+        self.on_step, self.trace, self.on_start = on_step, trace, on_start
         self.sync_every = sync_every or (1 if clip.device.type == "cpu" else 8)
         self.global_steps = 0  # batch steps run
         self.slot_steps = 0  # sum over steps of occupied slots
+        self.cancelled = 0  # running targets whose slot a cancel freed
 
     @property
     def occupancy(self) -> float:
         return self.slot_steps / (self.global_steps * len(self.slots.who)) if self.global_steps else 0.0
+
+    @property
+    def occupied(self) -> int:
+        """Slots holding a target now (readable from another thread)."""
+        return sum(w is not None for w in self.slots.who)
+
+    def _next(self, wait: bool):
+        """The queue's next ``(index, target)``, ``_NOTHING_NOW``, or None when exhausted for good."""
+        if self.feed is not None:
+            return self.feed._take(wait)
+        return next(self.queue, None)
+
+    def _free_cancelled(self) -> None:
+        s = self.slots
+        gone = self.feed._cancelled()
+        for slot, w in enumerate(s.who):
+            if w is not None and w[0] in gone:
+                s.who[slot], s.noise[slot] = None, None
+                self.cancelled += 1
 
     def __iter__(self) -> Iterator[tuple[int, PEZResult]]:
         s, cfg = self.slots, self.cfg
@@ -193,17 +306,26 @@ class Stream:
         early = can_stop_early(cfg)
         occupied: list[int] = []
         while True:
+            if self.feed is not None:
+                self._free_cancelled()
+            started = []
             for slot in range(len(s.who)):  # refill free slots from the queue
                 if s.who[slot] is None and not exhausted:
-                    nxt = next(self.queue, None)
+                    # wait for a live feed only when the batch is empty: else run the next step now
+                    nxt = self._next(wait=all(w is None for w in s.who))
                     if nxt is None:
                         exhausted = True
-                    else:
+                    elif nxt is not _NOTHING_NOW:
                         s.load(slot, *nxt)
                         t_host[slot] = 0
+                        started.append(nxt[0])
             now = [i for i, w in enumerate(s.who) if w is not None]
             if not now:
-                return
+                if exhausted:
+                    return
+                continue  # everything queued was cancelled before it ran: wait again
+            if started and self.on_start is not None:
+                self.on_start(started, len(now))
             if now != occupied:  # a new index tensor only when the occupied slots change
                 occupied, active = now, torch.tensor(now, device=s.prompts.device)
             check = early or any(t_host[i] + 1 >= cfg.steps for i in occupied)
@@ -233,12 +355,15 @@ def invert_stream(
     on_step: Callable[[int, int], None] | None = None,
     trace: Callable[[list[int], torch.Tensor, torch.Tensor], None] | None = None,
     sync_every: int | None = None,
+    on_start: Callable[[list[int], int], None] | None = None,
 ) -> Stream:
-    """Optimise one hard prompt per target of ``targets`` (any iterable, read lazily as slots free up),
-    at most ``slots`` at a time; iterate the returned :class:`Stream` for ``(index, PEZResult)``.
+    """Optimise one hard prompt per target of ``targets`` (any iterable, read lazily as slots free up, or a
+    live :class:`TargetFeed`), at most ``slots`` at a time; iterate the returned :class:`Stream` for
+    ``(index, PEZResult)``.
 
     ``on_step(step, occupied)`` is called after every batch step; ``trace(indices, own_steps, cosines)``
     gets every occupied slot's target index, own 0-based step and loop cosine (for benchmarks).
     ``sync_every``: batch steps between reads of which targets stopped (default 1 on CPU, 8 on a GPU);
-    it changes only how soon a slot is refilled, never a result."""
-    return Stream(clip, targets, config or PEZConfig(), slots, vocab, on_step, trace, sync_every)
+    it changes only how soon a slot is refilled, never a result. ``on_start(indices, occupied)`` is called
+    before a step in which targets start: their indices and the occupied slots in that step."""
+    return Stream(clip, targets, config or PEZConfig(), slots, vocab, on_step, trace, sync_every, on_start)

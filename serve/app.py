@@ -4,7 +4,7 @@
     serve deploy serve/config.yaml                             # the same app, declaratively
 
 Three deployments: ``Ingress`` (FastAPI: /v1/rewrite, /v1/invert, /v1/models, /healthz, /docs),
-``RewriteModel`` and ``InvertModel`` (``@serve.batch``; see serve/deployments.py). ``build_app`` takes
+``RewriteModel`` (``@serve.batch``) and ``InvertModel`` (continuous batching, serve/invert_engine.py). ``build_app`` takes
 ``AppArgs`` (serve/settings.py), so the command line's ``key=value`` pairs and the YAML ``args:`` block
 are validated by the same pydantic model. The settings that may change while the app runs (batch
 size and wait, request limits, time limits) are each deployment's ``user_config``: edit them in the

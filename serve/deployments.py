@@ -1,16 +1,17 @@
-"""Model deployments: concurrent requests share one model call through ``@serve.batch``.
+"""Model deployments: concurrent requests share the model.
 
 ``RewriteModel``: each request's prompts join one batch, counted in prompts (``batch_size_fn``), and
 each group of requests with the same generation options is one ``Rewriter.rewrite_detailed`` call.
-``InvertModel``: each request is one image; the batch's images are encoded together and each group
-with the same (steps, prompt_len, ban lists, early_stop) is one batched ``pez_core.invert`` run. Every target carries
-its request's seed, so a prompt does not depend on which requests shared its batch.
+``InvertModel``: continuous batching (serve/invert_engine.py): each request is one image, decoded and
+encoded on its own, whose target joins the running PEZ batch of its group (the same steps, prompt_len,
+ban lists, early_stop, method and fluency) at the batch's next step and leaves it when it stops. Every
+target carries its request's seed, so a prompt does not depend on which requests shared its batch.
 
 Model calls run in a worker thread, so the replica keeps accepting requests (and the next batch
 fills) while a batch computes. Input problems only the model can see come back as
 ``{"error": {...}}`` values rather than exceptions, so the ingress can answer them as 4xx JSON.
-Requests whose deadline passed before their batch ran are skipped; a PEZ run stops early once every
-request in it has expired.
+Rewrite requests whose deadline passed before their batch ran are skipped; an invert request whose
+deadline passes is cancelled, which frees its PEZ slot at the next step.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import threading
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from ray import serve
 
+from .invert_engine import IDLE_EXIT_S, Expired, InvertEngine
 from .settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -175,30 +178,14 @@ class RewriteModel(_Batched):
 
 
 # ---- invert --------------------------------------------------------------------------------------
-@dataclass
-class _InvertItem:
-    image: bytes
-    steps: int
-    prompt_len: int
-    ban: tuple[tuple[str, ...], tuple[str, ...]]  # (whole words, substrings), normalised
-    seed: int
-    deadline: float
-    max_pixels: int
-    early_stop: bool = True
-    method: str = "pez"
-    fluency: float = 0.0
-
-
-class _AllExpired(Exception):
-    pass
-
-
 @serve.deployment(name="InvertModel")
 class InvertModel(_Batched):
-    batch_method_name = "_invert_batch"
+    """PEZ with continuous batching (serve/invert_engine.py): ``max_batch_size`` is the slots of each
+    group's batch; ``batch_wait_timeout_s`` is not used (a request joins the running batch at its next step)."""
 
     def __init__(self, clip: str = "tiny", pretrained: str | None = None, device: str | None = None,
-                 torch_threads: int = 1, vocab_cache: int = 8, prompt_lm: str | None = None, fluency: float = 0.0):
+                 torch_threads: int = 1, vocab_cache: int = 8, prompt_lm: str | None = None, fluency: float = 0.0,
+                 idle_s: float = IDLE_EXIT_S):
         from pez_core import load_clip
         from pez_core.prompt_lm import PromptLM
 
@@ -209,9 +196,18 @@ class InvertModel(_Batched):
             PromptLM.cached(prompt_lm, self.clip.device)  # load (and check) it now, not on the first request
         self.vocab_cache_size = vocab_cache
         self._vocabs: OrderedDict[tuple, object] = OrderedDict()
-        self.batch_stats = BatchStats()
+        self._vocab_lock = threading.Lock()  # requests prepare in worker threads
         self.settings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05)
+        self.engine = InvertEngine(self.clip, slots=self.settings.max_batch_size, idle_s=idle_s)
         self._vocabulary(((), ()))  # build the default candidate table now, not on the first request
+
+    def reconfigure(self, config: dict) -> None:
+        self.settings = BatchSettings(**config)
+        self.engine.slots = self.settings.max_batch_size  # groups started from now on
+        log.info("InvertModel: %d slots per group", self.settings.max_batch_size)
+
+    def describe(self) -> dict:
+        return {**self.info(), "stats": {**self.engine.snapshot(), **self.settings.model_dump()}}
 
     def info(self) -> dict:
         return {"model": self.clip.name, "device": str(self.clip.device),
@@ -222,82 +218,61 @@ class InvertModel(_Batched):
         the whole vocabulary)."""
         from pez_core import Vocabulary
 
-        if ban not in self._vocabs:
-            self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban[0], ban_substring=ban[1])
-            if len(self._vocabs) > self.vocab_cache_size:
-                self._vocabs.popitem(last=False)
-        self._vocabs.move_to_end(ban)
-        return self._vocabs[ban]
+        with self._vocab_lock:
+            if ban not in self._vocabs:
+                self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban[0], ban_substring=ban[1])
+                if len(self._vocabs) > self.vocab_cache_size:
+                    self._vocabs.popitem(last=False)
+            self._vocabs.move_to_end(ban)
+            return self._vocabs[ban]
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
                      deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True,
                      pez_method: str = "pez", fluency: float | None = None) -> dict:
+        """A learned prompt or ``{"error": ...}``. ``batch_size`` in the answer: the occupied slots of its
+        group's batch in the step its target started."""
         from pez_core.projection import ban_words
 
         fluency = self.fluency if fluency is None else fluency
         if fluency and not self.prompt_lm:
             return error(422, "fluency: this server has no prompt LM (start it with --prompt-lm)", "fluency",
                          type="validation_error")
-        key = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
-        item = _InvertItem(image, steps, prompt_len, key, seed, deadline, max_pixels, early_stop, pez_method, fluency)
-        return await self._invert_batch(item)
+        bans = (tuple(sorted(set(ban_words(ban)))), tuple(sorted(set(ban_words(ban_substring)))))
+        group = (steps, prompt_len, bans, early_stop, pez_method, fluency)
+        if deadline <= time.time():
+            return _expired()
+        ready = await asyncio.to_thread(self._prepare, image, max_pixels, seed, group)
+        if "error" in ready:
+            return ready
+        try:
+            result, batch_size = await self.engine.run(group, ready["cfg"], ready["vocab"], ready["target"], deadline)
+        except Expired:
+            return _expired()
+        except Exception as e:  # logged by the worker
+            return error(500, f"model error: {type(e).__name__}", type="internal_error")
+        return {"model": self.clip.name, "prompt": result.text, "token_ids": result.token_ids,
+                "cosine": result.cosine, "best_step": result.best_step, "steps_run": result.steps_run,
+                "nll": result.extra.get("nll"), "image_size": ready["size"], "batch_size": batch_size}
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def _invert_batch(self, items: list[_InvertItem]) -> list[dict]:
-        return await asyncio.to_thread(self._run, items)
+    def _prepare(self, image: bytes, max_pixels: int, seed: int, group: tuple) -> dict:
+        """Decode and encode the image, find the group's candidate table and config (in a worker thread)."""
+        from pez_core import ImageError, PEZConfig, Target, decode_image
 
-    def _run(self, items: list[_InvertItem]) -> list[dict]:
-        from pez_core import ImageError, PEZConfig, Target, decode_image, invert
-
-        out: list[dict] = [_expired()] * len(items)
-        images, live = [], []
-        for i, item in enumerate(items):
-            if item.deadline <= time.time():
-                continue
-            try:
-                images.append(decode_image(item.image, "image", max_pixels=item.max_pixels))
-                live.append(i)
-            except ImageError as e:
-                out[i] = error(400, e.reason, "image", type="invalid_image")
-        if not live:
-            return out
-        features = self.clip.encode_images(images)  # (k, e): one forward for the whole batch
-        groups: dict[tuple, list[int]] = {}
-        for j, i in enumerate(live):
-            it = items[i]
-            groups.setdefault((it.steps, it.prompt_len, it.ban, it.early_stop, it.method, it.fluency), []).append(j)
-        for (steps, prompt_len, ban, early_stop, method, fluency), members in groups.items():
-            idx = [live[j] for j in members]
-            deadline = max(items[i].deadline for i in idx)
-
-            def stop_when_expired(step, active, deadline=deadline):
-                if time.time() > deadline:
-                    raise _AllExpired()
-
-            targets = [Target(features[j:j + 1], "image", seed=items[live[j]].seed) for j in members]
-            try:
-                vocab = self._vocabulary(ban)  # a new ban list scans the vocabulary: inside the deadline
-            except ValueError as e:  # the ban list left no candidate tokens
-                for i in idx:
-                    out[i] = error(422, f"ban: {e}", "ban", type="validation_error")
-                continue
-            try:
-                stop_when_expired(0, None)
-                cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban[0], ban_substring=ban[1],
-                                early_stop=early_stop, method=method, fluency=fluency,
-                                prompt_lm=self.prompt_lm if fluency else None)
-                results = invert(self.clip, targets, cfg, vocab=vocab, on_step=stop_when_expired)
-            except _AllExpired:
-                log.info("PEZ run of %d images stopped: every request in it timed out", len(idx))
-                continue
-            except Exception as e:
-                log.exception("PEZ run of %d images failed", len(idx))
-                for i in idx:
-                    out[i] = error(500, f"model error: {type(e).__name__}", type="internal_error")
-                continue
-            for j, i, r in zip(members, idx, results):
-                out[i] = {"model": self.clip.name, "prompt": r.text, "token_ids": r.token_ids, "cosine": r.cosine,
-                          "best_step": r.best_step, "steps_run": r.steps_run, "nll": r.extra.get("nll"),
-                          "image_size": list(images[j].size), "batch_size": len(live)}
-        self.batch_stats.record(len(live), len(live))
-        return out
+        steps, prompt_len, ban, early_stop, method, fluency = group
+        try:
+            decoded = decode_image(image, "image", max_pixels=max_pixels)
+        except ImageError as e:
+            return error(400, e.reason, "image", type="invalid_image")
+        try:
+            vocab = self._vocabulary(ban)  # a new ban list scans the vocabulary: inside the deadline
+        except ValueError as e:  # the ban list left no candidate tokens
+            return error(422, f"ban: {e}", "ban", type="validation_error")
+        try:
+            cfg = PEZConfig(steps=steps, prompt_len=prompt_len, ban=ban[0], ban_substring=ban[1],
+                            early_stop=early_stop, method=method, fluency=fluency,
+                            prompt_lm=self.prompt_lm if fluency else None)
+            target = Target(self.clip.encode_images([decoded]), "image", seed=seed)
+        except Exception as e:
+            log.exception("preparing a PEZ target failed")
+            return error(500, f"model error: {type(e).__name__}", type="internal_error")
+        return {"cfg": cfg, "vocab": vocab, "target": target, "size": list(decoded.size)}

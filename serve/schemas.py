@@ -111,8 +111,9 @@ class InvertResponse(BaseModel):
     steps_run: int
     nll: float | None = Field(None, description="the prompt's NLL per token under the prompt LM (when fluency > 0)")
     image_size: list[int] = Field(description="[width, height] of the decoded image")
-    batch_size: int = Field(description="images in the model batch this request was part of (encoded together; "
-                            "one PEZ run per distinct (steps, prompt_len, ban, ban_substring, early_stop, method, fluency) in it)")
+    batch_size: int = Field(description="occupied slots of the PEZ batch in the step this request's target started, "
+                            "itself included (requests with the same steps, prompt_len, ban, ban_substring, "
+                            "early_stop, method and fluency share a batch; others join it as slots free up)")
     latency_ms: float
 
 

@@ -50,7 +50,7 @@ class BatchSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_batch_size: int = Field(ge=1, le=1024, description="items (prompts or images) in one model call")
+    max_batch_size: int = Field(ge=1, le=1024, description="prompts in one model call; invert: PEZ slots per group")
     batch_wait_timeout_s: float = Field(ge=0, le=10, description="wait this long for a batch to fill")
 
 
@@ -78,8 +78,10 @@ class AppArgs(Limits):
     rewrite_max_batch_size: int = Field(64, ge=1, le=1024, description="prompts in one generate call")
     rewrite_batch_wait_s: float = Field(0.1, ge=0, le=10, description="wait for a rewrite batch to fill "
                                         "(0.1 s: under load a batch fills before the previous call returns)")
-    invert_max_batch_size: int = Field(8, ge=1, le=1024, description="images in one batched PEZ run")
-    invert_batch_wait_s: float = Field(0.05, ge=0, le=10, description="wait for an invert batch to fill")
+    invert_max_batch_size: int = Field(8, ge=1, le=1024, description="PEZ slots of each group of compatible "
+                                       "invert requests (continuous batching: a request joins at the next step)")
+    invert_batch_wait_s: float = Field(0.05, ge=0, le=10, description="not used by /v1/invert (a request never "
+                                       "waits for a batch to fill); kept in the shared user_config schema")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a model replica holds at once; "
                                       ">= the max batch sizes, or batches cannot fill")
     max_queued_requests: int = Field(128, ge=1, description="requests waiting for a model replica beyond "

@@ -195,7 +195,7 @@ def test_invert_ban_list_is_respected(client, sample_png):
 
 def test_concurrent_inverts_run_as_one_batch(client, served, sample_images):
     images = [base64.b64encode(png(im)).decode() for im in sample_images]
-    bodies = [{"image_base64": images[i % len(images)], "steps": 10, "prompt_len": 4, "seed": i} for i in range(6)]
+    bodies = [{"image_base64": images[i % len(images)], "steps": 100, "prompt_len": 4, "seed": i} for i in range(6)]
     responses = asyncio.run(post_many(served, "/v1/invert", bodies))
     assert [r.status_code for r in responses] == [200] * 6, [r.text for r in responses]
     assert max(r.json()["batch_size"] for r in responses) > 1
@@ -304,10 +304,16 @@ def test_time_limit_gives_504_json_and_frees_the_model(client, auth, sample_png)
                     headers=auth)
     assert_error(r, 504, type="timeout")
     assert time.perf_counter() - start < 10
-    # the PEZ run stopped at its deadline, so the one-slot model answers the next request at once
+    # the expired target was cancelled: its one slot is free at the stream's next step (the replica's own
+    # count of occupied slots; a cancel that did nothing would keep it at 1 for a million steps)
+    end = time.monotonic() + 5
+    while (stats := client.get("/strict/v1/models", headers=auth).json()["invert"]["stats"])["running"]:
+        assert time.monotonic() < end, f"the expired request still holds its slot: {stats}"
+        time.sleep(0.02)
+    assert stats["cancelled"] >= 1 and stats["queued"] == 0
     ok = client.post("/strict/v1/invert", json={"image_base64": b64, "steps": 5, "prompt_len": 4}, headers=auth)
     assert ok.status_code == 200, ok.text
-    assert ok.json()["latency_ms"] < 1400  # less than the time limit: it did not queue behind the dead run
+    assert ok.json()["latency_ms"] < 1400  # less than the time limit
 
 
 def test_token_never_reaches_the_logs(client, auth, ray_cluster):

@@ -1,0 +1,55 @@
+"""serve/invert_engine.py through InvertModel's class, without Ray: idle workers end, a model error is a
+500 named by its type and fails only its worker, a request arriving as a worker ends is not lost."""
+
+import asyncio
+import io
+import time
+
+import pytest
+
+from serve.deployments import InvertModel
+
+
+@pytest.fixture(scope="module")
+def model(tiny_clip_dir):
+    return InvertModel.func_or_class(str(tiny_clip_dir), idle_s=0.1)
+
+
+@pytest.fixture(scope="module")
+def image(sample_images):
+    buf = io.BytesIO()
+    sample_images[0].save(buf, "PNG")
+    return buf.getvalue()
+
+
+def ask(model, image, steps=3, seed=0):
+    return asyncio.run(model.invert(image, steps, 4, [], seed, time.time() + 60, 10**8))
+
+
+def test_an_idle_worker_ends_and_the_next_request_starts_one(model, image):
+    """Catches: a worker that never ends, or a group still mapped to a worker that ended (the request
+    would wait on a feed nobody reads: it would hang until its deadline)."""
+    before = model.engine.snapshot()
+    first = ask(model, image)
+    assert first["steps_run"] == 3 and first["batch_size"] == 1, first
+    assert model.engine.snapshot()["requests"] == before["requests"] + 1  # counted before it was answered
+    [worker] = model.engine.workers.values()
+    worker.thread.join(10)
+    assert not worker.thread.is_alive() and model.engine.workers == {}
+    assert ask(model, image)["token_ids"] == first["token_ids"]
+    assert model.engine.snapshot()["batches"] == before["batches"] + 2
+    for i in range(8):  # requests racing the idle close (0.1 s after each answer): each one answered
+        time.sleep(0.09 + 0.005 * i)
+        assert ask(model, image)["token_ids"] == first["token_ids"]
+
+
+def test_a_model_error_is_a_500_named_by_its_type(model, image, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("secret detail /etc/passwd")
+
+    monkeypatch.setattr(model.clip, "encode_embeds", broken)
+    out = ask(model, image, steps=4)
+    assert out == {"error": {"status": 500, "message": "model error: RuntimeError", "field": None,
+                             "type": "internal_error"}}
+    monkeypatch.undo()
+    assert ask(model, image, steps=4)["steps_run"] == 4  # a new worker serves the group
