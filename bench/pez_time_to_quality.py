@@ -211,12 +211,13 @@ def _full_summary(ft, bars, batch_step, batch, ref_seconds) -> dict:
     reached = [s + 1 for s in (_first_reach(t["events"], bar) for t, bar in zip(ft, bars)) if s is not None]
     own99 = [_first_reach(t["events"], 0.99 * t["cosine"]) + 1 for t in ft]
     own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) + 1 for t in ft]
-    cpu = round(statistics.median(reached) * batch_step / batch, 3) if reached else None
+    median = statistics.median(reached + [math.inf] * (k - len(reached)))  # a target short of it counts as never
+    cpu = round(median * batch_step / batch, 3) if median < math.inf else None
     return {"targets": len(ft), "mean_rescored_cosine": round(statistics.mean(t["rescored_cosine"] for t in ft), 4),
             "steps_to_99pct_of_own_best": _dist(own99), "steps_to_99_9pct_of_own_best": _dist(own999),
             "targets_reaching_reference_bar": f"{len(reached)}/{k}",
             "steps_to_reference_bar": _dist(reached) if reached else None,
-            # a full batch's step shared by its targets: what one target's steps cost in the batch
+            # the median over all k targets (None if half never reach it), at a full batch's step per target
             "cpu_seconds_to_reference_bar_per_target": cpu,
             "speedup_to_reference_bar": round(ref_seconds / cpu, 1) if cpu else None}
 
