@@ -18,6 +18,14 @@ world scene images (pipelines.io.samples.make_sample_image(1000 + i), seed i for
 
 The headline ratio: reference seconds per target for its full budget / default-rule batched seconds
 per target (wall time / targets), with the share of targets that reached the reference bar.
+
+Variants (a learning-rate schedule, restarts: any PEZConfig overrides) are measured against the same
+reference: ``--part full --config lr=0.3,lr_schedule=cosine --steps 900 > v.json`` (a variant's budget is
+its --steps), then ``--variant NAME=v.json`` beside the paper setting's full part. Per variant: steps and
+CPU s to the reference bar, its stopping rule simulated on its trajectories (exact: a stop only truncates
+a target's own trajectory) with the final cosine as a share of the paper setting's 3000-step result and
+of the variant's own full budget. A target's trajectory does not depend on its batch, so a variant can
+be screened on the --ref-targets targets alone (--batch 8) at the same figures per step.
 A part's JSON from an earlier ``--part`` run can be reused (``--reuse reference=FILE``): the reference
 does not depend on anything the batched loop changes, and the rule grid is computed from the full run.
 """
@@ -45,7 +53,8 @@ def _setup(args, n):
 
     spec, tag = MODELS[args.model]
     clip = load_clip(spec, pretrained=tag, device="cpu")
-    targets = [image_target(clip, [make_sample_image(1000 + i)], seed=i) for i in range(n)]
+    o = args.target_offset  # a held-out set of targets: the same scenes and seeds, further on
+    targets = [image_target(clip, [make_sample_image(1000 + o + i)], seed=o + i) for i in range(n)]
     return clip, targets
 
 
@@ -202,7 +211,12 @@ def rule_grid(full: dict, steps: int) -> list[dict]:
 def _ref_summary(ref, ref_cpu, ref_seconds) -> dict:
     return {"targets": len(ref["targets"]), "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
             "cpu_seconds_per_target": round(ref_seconds, 2),
-            "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)}
+            "mean_rescored_cosine": _mean([r["rescored_cosine"] for r in ref["targets"]])}
+
+
+def _mean(values, digits=4):
+    """Rounded mean, or None without values (``--reuse reference=none``: a held-out set has no reference)."""
+    return round(statistics.mean(values), digits) if values else None
 
 
 def _full_summary(ft, bars, batch_step, batch, ref_seconds) -> dict:
@@ -211,7 +225,7 @@ def _full_summary(ft, bars, batch_step, batch, ref_seconds) -> dict:
     reached = [s + 1 for s in (_first_reach(t["events"], bar) for t, bar in zip(ft, bars)) if s is not None]
     own99 = [_first_reach(t["events"], 0.99 * t["cosine"]) + 1 for t in ft]
     own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) + 1 for t in ft]
-    median = statistics.median(reached + [math.inf] * (k - len(reached)))  # a target short of it counts as never
+    median = statistics.median(reached + [math.inf] * (k - len(reached))) if k else math.inf  # a target short of it counts as never
     cpu = round(median * batch_step / batch, 3) if median < math.inf else None
     return {"targets": len(ft), "mean_rescored_cosine": round(statistics.mean(t["rescored_cosine"] for t in ft), 4),
             "steps_to_99pct_of_own_best": _dist(own99), "steps_to_99_9pct_of_own_best": _dist(own999),
@@ -236,8 +250,7 @@ def _rule_on_full(full, cfg, bars, quality, batch_step, batch, ref_seconds, pape
             "share_of_paper_3000_step_cosine": round(final / paper_mean, 4),
             "share_of_own_full_budget_cosine": round(final / statistics.mean(t["cosine"] for t in ft), 4),
             "targets_at_reference_bar": f"{sum(sims[i][0] >= bars[i] for i in range(k))}/{k}",
-            "mean_share_of_reference_cosine_first_k": round(statistics.mean(
-                sims[i][0] / (bars[i] / quality) for i in range(k)), 4),
+            "mean_share_of_reference_cosine_first_k": _mean([sims[i][0] / (bars[i] / quality) for i in range(k)]),
             "cpu_seconds_per_target_full_batch": round(cpu, 3),
             "speedup_vs_reference_full_budget": round(ref_seconds / cpu, 1)}
 
@@ -293,8 +306,9 @@ def main() -> None:
     p.add_argument("--quality", type=float, default=0.99, help="share of the reference cosine to reach")
     p.add_argument("--config", default="", metavar="KEY=VALUE,...",
                    help="PEZConfig overrides of the timing, full and default parts (e.g. lr=0.3,lr_schedule=cosine)")
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE",
-                   help="a variant's full part (a --part full --config ... run), analysed beside the paper setting")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE[@KEY=VALUE,...]",
+                   help="a variant's full part (a --part full --config ... run), analysed beside the paper setting; "
+                        "after @, stopping-rule overrides simulated on the same trajectories")
     p.add_argument("--reuse", action="append", default=[], metavar="PART=FILE",
                    help="reuse a part's JSON from an earlier --part run (the reference: also its logged lines)")
     p.add_argument("--timing-steps", type=int, default=30, help="steps of the per-step timing part")
@@ -302,6 +316,8 @@ def main() -> None:
                    help="queue length of the default-rule run (default: --batch; more shows refilling)")
     p.add_argument("--skip-default", action="store_true",
                    help="no measured default-rule run (its figures then come from the full run's trajectories)")
+    p.add_argument("--target-offset", type=int, default=0,
+                   help="start at scene 1000 + this (seed: this): a held-out set to check a calibration on")
     p.add_argument("--part", choices=sorted(PARTS), help="run one part here and print its JSON")
     args = p.parse_args()
     if args.part:
@@ -310,6 +326,9 @@ def main() -> None:
     parts = {}
     for spec in args.reuse:
         name, _, path = spec.partition("=")
+        if spec == "reference=none":  # no reference bar (a held-out set): shares of the paper setting only
+            parts["reference"] = {"part": "reference", "steps": args.steps, "targets": []}
+            continue
         if name not in PARTS or not path:
             raise SystemExit(f"--reuse {spec!r}: expected PART=FILE with PART one of {', '.join(PARTS)}")
         with open(path) as f:
@@ -324,9 +343,10 @@ def main() -> None:
     variants = {}
     for spec in args.variant:
         name, _, path = spec.partition("=")
+        path, _, rule = path.partition("@")  # FILE@plateau_patience=500: another stopping rule, same run
         with open(path) as f:
             vfull = json.loads(f.read())
-        variants[name] = (vfull.get("config", ""), vfull)
+        variants[name] = (",".join(filter(None, [vfull.get("config", ""), rule])), vfull)
     print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
                       "quality": args.quality, **analyse(parts["reference"], parts["timing"], parts["full"],
                                                          parts.get("default"), args.quality, variants),
@@ -348,7 +368,8 @@ def _run_part(args, name: str, config: str) -> dict:
     cmd = [sys.executable, __file__, "--part", name, "--model", args.model, "--steps", str(args.steps),
            "--prompt-len", str(args.prompt_len), "--batch", str(args.batch), "--ref-targets", str(args.ref_targets),
            "--threads", str(args.threads), "--timing-steps", str(args.timing_steps),
-           "--default-targets", str(args.default_targets), "--config", config]
+           "--default-targets", str(args.default_targets), "--config", config,
+           "--target-offset", str(args.target_offset)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
