@@ -18,6 +18,14 @@ world scene images (pipelines.io.samples.make_sample_image(1000 + i), seed i for
 
 The headline ratio: reference seconds per target for its full budget / default-rule batched seconds
 per target (wall time / targets), with the share of targets that reached the reference bar.
+
+Variants (a learning-rate schedule, restarts: any PEZConfig overrides) are measured against the same
+reference: ``--part full --config lr=0.3,lr_schedule=cosine --steps 900 > v.json`` (a variant's budget is
+its --steps), then ``--variant NAME=v.json`` beside the paper setting's full part. Per variant: steps and
+CPU s to the reference bar, its stopping rule simulated on its trajectories (exact: a stop only truncates
+a target's own trajectory) with the final cosine as a share of the paper setting's 3000-step result and
+of the variant's own full budget. A target's trajectory does not depend on its batch, so a variant can
+be screened on the --ref-targets targets alone (--batch 8) at the same figures per step.
 A part's JSON from an earlier ``--part`` run can be reused (``--reuse reference=FILE``): the reference
 does not depend on anything the batched loop changes, and the rule grid is computed from the full run.
 """
@@ -45,8 +53,28 @@ def _setup(args, n):
 
     spec, tag = MODELS[args.model]
     clip = load_clip(spec, pretrained=tag, device="cpu")
-    targets = [image_target(clip, [make_sample_image(1000 + i)], seed=i) for i in range(n)]
+    o = args.target_offset  # a held-out set of targets: the same scenes and seeds, further on
+    targets = [image_target(clip, [make_sample_image(1000 + o + i)], seed=o + i) for i in range(n)]
     return clip, targets
+
+
+def parse_config(text: str) -> dict:
+    """PEZConfig overrides from ``key=value,key=value`` (values as JSON where they parse, else strings)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _cfg(args, **fixed):
+    """The batched parts' PEZConfig: --steps, --prompt-len, then --config's overrides (a variant's steps too)."""
+    from pez_core import PEZConfig
+
+    return PEZConfig(**{"prompt_len": args.prompt_len, "steps": args.steps, **fixed, **parse_config(args.config)})
 
 
 def _rescore(clip, results, targets) -> list[float]:
@@ -79,7 +107,8 @@ def part_timing(args) -> dict:
     from pez_core import PEZConfig, Vocabulary, invert, invert_reference
 
     clip, targets = _setup(args, args.batch)
-    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.timing_steps, early_stop=False)
+    cfg = _cfg(args, early_stop=False)
+    cfg = PEZConfig(**{**cfg.__dict__, "steps": args.timing_steps, "lr_horizon": cfg.lr_horizon or cfg.steps})
     vocab = Vocabulary(clip)
     out = {}
     for mode in ("reference", "batched", "reference_again"):
@@ -92,7 +121,7 @@ def part_timing(args) -> dict:
         cpu = statistics.median(b[0] - a[0] for a, b in itertools.pairwise(stamps))
         wall = statistics.median(b[1] - a[1] for a, b in itertools.pairwise(stamps))
         out[mode] = {"cpu_s_per_step": round(cpu, 5), "wall_s_per_step": round(wall, 5)}
-    return {"part": "timing", "batch": args.batch, "steps": args.timing_steps, **out}
+    return {"part": "timing", "batch": args.batch, "steps": args.timing_steps, "config": args.config, **out}
 
 
 def _bests(args, cfg, slots, n):
@@ -122,12 +151,10 @@ def _bests(args, cfg, slots, n):
 
 def part_full(args) -> dict:
     """Every target runs the whole budget (no early stop): its best-so-far trajectory."""
-    from pez_core import PEZConfig
-
-    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps, early_stop=False)
+    cfg = _cfg(args, early_stop=False)
     clip, targets, results, events, run = _bests(args, cfg, args.batch, args.batch)
     rescored = _rescore(clip, results, targets)
-    return {"part": "full", "steps": args.steps, "run": run, "targets": [
+    return {"part": "full", "steps": cfg.steps, "config": args.config, "run": run, "targets": [
         {"target": i, "cosine": round(r.cosine, 6), "rescored_cosine": round(rescored[i], 6),
          "best_step": r.best_step, "events": [(s, round(c, 6)) for s, c in events[i]]}
         for i, r in enumerate(results)]}
@@ -135,12 +162,10 @@ def part_full(args) -> dict:
 
 def part_default(args) -> dict:
     """The default stopping rule, continuous batching over the same targets (--batch slots)."""
-    from pez_core import PEZConfig
-
-    cfg = PEZConfig(prompt_len=args.prompt_len, steps=args.steps)
+    cfg = _cfg(args)
     clip, targets, results, _, run = _bests(args, cfg, args.batch, args.default_targets or args.batch)
     rescored = _rescore(clip, results, targets)
-    return {"part": "default", "run": run, "config": {"plateau_patience": cfg.plateau_patience,
+    return {"part": "default", "run": run, "overrides": args.config, "steps": cfg.steps, "config": {"plateau_patience": cfg.plateau_patience,
                                                       "plateau_ratio": cfg.plateau_ratio},
             "targets": [{"target": i, "cosine": round(r.cosine, 6), "rescored_cosine": round(rescored[i], 6),
                          "steps_run": r.steps_run, "best_step": r.best_step} for i, r in enumerate(results)]}
@@ -186,84 +211,86 @@ def rule_grid(full: dict, steps: int) -> list[dict]:
 def _ref_summary(ref, ref_cpu, ref_seconds) -> dict:
     return {"targets": len(ref["targets"]), "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
             "cpu_seconds_per_target": round(ref_seconds, 2),
-            "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)}
+            "mean_rescored_cosine": _mean([r["rescored_cosine"] for r in ref["targets"]])}
 
 
-def _full_summary(ft, full_mean, own99, own999, reached, k, batch_step, timing) -> dict:
-    return {"targets": len(ft), "mean_rescored_cosine": round(full_mean, 4),
-            "steps_to_99pct_of_own_best": _dist([s + 1 for s in own99]),
-            "steps_to_99_9pct_of_own_best": _dist([s + 1 for s in own999]),
+def _mean(values, digits=4):
+    """Rounded mean, or None without values (``--reuse reference=none``: a held-out set has no reference)."""
+    return round(statistics.mean(values), digits) if values else None
+
+
+def _full_summary(ft, bars, batch_step, batch, ref_seconds) -> dict:
+    """A full-budget run: steps to 99% / 99.9% of each target's own best, and to the reference bar."""
+    k = len(bars)
+    reached = [s + 1 for s in (_first_reach(t["events"], bar) for t, bar in zip(ft, bars)) if s is not None]
+    own99 = [_first_reach(t["events"], 0.99 * t["cosine"]) + 1 for t in ft]
+    own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) + 1 for t in ft]
+    median = statistics.median(reached + [math.inf] * (k - len(reached))) if k else math.inf  # a target short of it counts as never
+    cpu = round(median * batch_step / batch, 3) if median < math.inf else None
+    return {"targets": len(ft), "mean_rescored_cosine": round(statistics.mean(t["rescored_cosine"] for t in ft), 4),
+            "steps_to_99pct_of_own_best": _dist(own99), "steps_to_99_9pct_of_own_best": _dist(own999),
             "targets_reaching_reference_bar": f"{len(reached)}/{k}",
-            "steps_to_reference_bar": _dist([s + 1 for s in reached]) if reached else None,
-            "cpu_seconds_to_reference_bar_per_target": (
-                round(statistics.median((s + 1) * batch_step / timing["batch"] for s in reached), 3)
-                if reached else None)}
+            "steps_to_reference_bar": _dist(reached) if reached else None,
+            # the median over all k targets (None if half never reach it), at a full batch's step per target
+            "cpu_seconds_to_reference_bar_per_target": cpu,
+            "speedup_to_reference_bar": round(ref_seconds / cpu, 1) if cpu else None}
 
-def analyse(ref: dict, timing: dict, full: dict, default: dict, quality: float) -> dict:
-    """The headline figures from the four parts (all within this run)."""
-    k = len(ref["targets"])
-    bars = [quality * r["rescored_cosine"] for r in ref["targets"]]
-    ft, dt = full["targets"], (default or {}).get("targets")
-    n = len(ft)
-    ref_cpu = statistics.mean([timing["reference"]["cpu_s_per_step"], timing["reference_again"]["cpu_s_per_step"]])
-    ref_seconds = ref_cpu * ref["steps"]  # per target, its full budget
-    batch_step = timing["batched"]["cpu_s_per_step"]  # one step of a full batch
-    reach = [_first_reach(t["events"], bar) for t, bar in zip(ft, bars)]
-    own99 = [_first_reach(t["events"], 0.99 * t["cosine"]) for t in ft]
-    own999 = [_first_reach(t["events"], 0.999 * t["cosine"]) for t in ft]
-    reached = [s for s in reach if s is not None]
-    full_mean = statistics.mean(t["rescored_cosine"] for t in ft)
+
+def _rule_on_full(full, cfg, bars, quality, batch_step, batch, ref_seconds, paper_mean) -> dict:
+    """The config's stopping rule on the full run's trajectories: exact, since a stop only truncates a
+    target's own trajectory (the schedule and restarts depend on its own steps alone). Loop cosines."""
+    ft, k = full["targets"], len(bars)
+    sims = [simulate_rule(t["events"], cfg.plateau_patience, cfg.plateau_ratio, cfg.steps) for t in ft]
+    mean_steps = statistics.mean(st for _, st in sims)
+    final = statistics.mean(c for c, _ in sims)
+    cpu = mean_steps * batch_step / batch  # at a full batch (continuous batching with a long queue)
+    return {"plateau_patience": cfg.plateau_patience, "plateau_ratio": cfg.plateau_ratio, "budget": cfg.steps,
+            "mean_steps": round(mean_steps, 1), "steps": _dist([st for _, st in sims]),
+            "mean_final_cosine": round(final, 4),
+            "share_of_paper_3000_step_cosine": round(final / paper_mean, 4),
+            "share_of_own_full_budget_cosine": round(final / statistics.mean(t["cosine"] for t in ft), 4),
+            "targets_at_reference_bar": f"{sum(sims[i][0] >= bars[i] for i in range(k))}/{k}",
+            "mean_share_of_reference_cosine_first_k": _mean([sims[i][0] / (bars[i] / quality) for i in range(k)]),
+            "cpu_seconds_per_target_full_batch": round(cpu, 3),
+            "speedup_vs_reference_full_budget": round(ref_seconds / cpu, 1)}
+
+
+def analyse(ref: dict, timing: dict, full: dict, default: dict | None, quality: float,
+            variants: dict | None = None) -> dict:
+    """The headline figures: the paper setting's full run (``full``) and each variant's full run."""
     from pez_core import PEZConfig
 
-    cfg = PEZConfig(steps=full["steps"])
-    sims = [simulate_rule(t["events"], cfg.plateau_patience, cfg.plateau_ratio, cfg.steps) for t in ft]
-    sim_steps = statistics.mean(st for _, st in sims)
-    simulated = {  # the default rule on the full run's trajectories: exact, since each is a target's own
-        "plateau_patience": cfg.plateau_patience, "plateau_ratio": cfg.plateau_ratio,
-        "mean_steps": round(sim_steps, 1), "steps": _dist([st for _, st in sims]),
-        "share_of_full_budget_mean_cosine": round(statistics.mean(c for c, _ in sims)
-                                                  / statistics.mean(t["cosine"] for t in ft), 4),
-        "targets_at_reference_bar": f"{sum(sims[i][0] >= bars[i] for i in range(k))}/{k}",
-        "mean_cosine_first_k": round(statistics.mean(sims[i][0] for i in range(k)), 4),
-        "reference_bar_mean_first_k": round(statistics.mean(bars), 4),
-        # at a full batch (continuous batching with a long queue): steps x the batch step's share
-        "cpu_seconds_per_target_full_batch": round(sim_steps * batch_step / timing["batch"], 3),
-        "speedup_vs_reference_full_budget": round(ref_seconds / (sim_steps * batch_step / timing["batch"]), 1),
-    }
-    if default is None:
-        return {"reference": _ref_summary(ref, ref_cpu, ref_seconds), "full_budget_batched": _full_summary(
-                    ft, full_mean, own99, own999, reached, k, batch_step, timing), "default_rule_on_full_run": simulated}
-    default_mean = statistics.mean(t["rescored_cosine"] for t in dt[:n])
-    per_target = default["run"]["cpu_seconds"] / len(dt)
-    return {
-        "default_rule_on_full_run": simulated,
-        "reference": {"targets": k, "steps": ref["steps"], "cpu_s_per_step": round(ref_cpu, 5),
-                      "cpu_seconds_per_target": round(ref_seconds, 2),
-                      "mean_rescored_cosine": round(statistics.mean(r["rescored_cosine"] for r in ref["targets"]), 4)},
-        "full_budget_batched": {
-            "targets": n, "mean_rescored_cosine": round(full_mean, 4),
-            "steps_to_99pct_of_own_best": _dist([s + 1 for s in own99]),
-            "steps_to_99_9pct_of_own_best": _dist([s + 1 for s in own999]),
-            "targets_reaching_reference_bar": f"{len(reached)}/{k}",
-            "steps_to_reference_bar": _dist([s + 1 for s in reached]) if reached else None,
-            # a full batch's step shared by its targets: the time one target's steps cost in the batch
-            "cpu_seconds_to_reference_bar_per_target": (
-                round(statistics.median((s + 1) * batch_step / timing["batch"] for s in reached), 3) if reached
-                else None),
-        },
-        "default_rule": {
-            "targets": len(dt), "slots": timing["batch"], "occupancy": default["run"]["occupancy"],
-            "steps_run": _dist([t["steps_run"] for t in dt]),
+    k = len(ref["targets"])
+    bars = [quality * r["rescored_cosine"] for r in ref["targets"]]
+    ref_cpu = statistics.mean([timing["reference"]["cpu_s_per_step"], timing["reference_again"]["cpu_s_per_step"]])
+    ref_seconds = ref_cpu * ref["steps"]  # per target, its full budget
+    batch_step, batch = timing["batched"]["cpu_s_per_step"], timing["batch"]  # one step of a full batch
+    paper_mean = statistics.mean(t["cosine"] for t in full["targets"])
+    out = {"reference": _ref_summary(ref, ref_cpu, ref_seconds), "batched_cpu_s_per_step": batch_step,
+           "variants": {}}
+    for name, (overrides, vfull) in {"paper": ("", full), **(variants or {})}.items():
+        cfg = PEZConfig(**{"steps": vfull["steps"], **parse_config(overrides)})
+        out["variants"][name] = {
+            "config": overrides, "full_budget": _full_summary(vfull["targets"], bars, batch_step, batch, ref_seconds),
+            "default_rule_on_full_run": _rule_on_full(vfull, cfg, bars, quality, batch_step, batch, ref_seconds, paper_mean),
+            "rule_grid": rule_grid(vfull, cfg.steps)}
+    if default is not None:  # a measured default-rule run (of --config): wall and CPU time, re-scored cosines
+        dt = default["targets"]
+        per_target = default["run"]["cpu_seconds"] / len(dt)
+        mean = statistics.mean(t["rescored_cosine"] for t in dt)
+        out["default_rule_measured"] = {
+            "config": default.get("overrides", ""), "targets": len(dt), "slots": batch,
+            "occupancy": default["run"]["occupancy"], "steps_run": _dist([t["steps_run"] for t in dt]),
             "mean_steps_run": round(statistics.mean(t["steps_run"] for t in dt), 1),
-            "cpu_seconds_per_target": round(per_target, 3),
-            "mean_rescored_cosine": round(default_mean, 4),
-            "share_of_full_budget_mean_cosine": round(default_mean / full_mean, 4),
+            "cpu_seconds_per_target": round(per_target, 3), "mean_rescored_cosine": round(mean, 4),
+            "share_of_paper_3000_step_cosine": round(
+                mean / statistics.mean(t["rescored_cosine"] for t in full["targets"][:len(dt)]), 4),
             "targets_at_reference_bar": f"{sum(t['rescored_cosine'] >= b for t, b in zip(dt, bars))}/{k}",
             "mean_share_of_reference_cosine": round(statistics.mean(
                 t["rescored_cosine"] / r["rescored_cosine"] for t, r in zip(dt, ref["targets"])), 4),
-            "speedup_vs_reference_full_budget": round(ref_seconds / per_target, 1),
-        },
-    }
+            "speedup_vs_reference_full_budget": round(ref_seconds / per_target, 1)}
+    return out
+
 
 PARTS = {"reference": part_reference, "timing": part_timing, "full": part_full, "default": part_default}
 
@@ -277,6 +304,11 @@ def main() -> None:
     p.add_argument("--ref-targets", type=int, default=32, help="targets the reference mode runs (the first k)")
     p.add_argument("--threads", type=int, default=1, help="torch threads in every part")
     p.add_argument("--quality", type=float, default=0.99, help="share of the reference cosine to reach")
+    p.add_argument("--config", default="", metavar="KEY=VALUE,...",
+                   help="PEZConfig overrides of the timing, full and default parts (e.g. lr=0.3,lr_schedule=cosine)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FILE[@KEY=VALUE,...]",
+                   help="a variant's full part (a --part full --config ... run), analysed beside the paper setting; "
+                        "after @, stopping-rule overrides simulated on the same trajectories")
     p.add_argument("--reuse", action="append", default=[], metavar="PART=FILE",
                    help="reuse a part's JSON from an earlier --part run (the reference: also its logged lines)")
     p.add_argument("--timing-steps", type=int, default=30, help="steps of the per-step timing part")
@@ -284,6 +316,8 @@ def main() -> None:
                    help="queue length of the default-rule run (default: --batch; more shows refilling)")
     p.add_argument("--skip-default", action="store_true",
                    help="no measured default-rule run (its figures then come from the full run's trajectories)")
+    p.add_argument("--target-offset", type=int, default=0,
+                   help="start at scene 1000 + this (seed: this): a held-out set to check a calibration on")
     p.add_argument("--part", choices=sorted(PARTS), help="run one part here and print its JSON")
     args = p.parse_args()
     if args.part:
@@ -292,6 +326,9 @@ def main() -> None:
     parts = {}
     for spec in args.reuse:
         name, _, path = spec.partition("=")
+        if spec == "reference=none":  # no reference bar (a held-out set): shares of the paper setting only
+            parts["reference"] = {"part": "reference", "steps": args.steps, "targets": []}
+            continue
         if name not in PARTS or not path:
             raise SystemExit(f"--reuse {spec!r}: expected PART=FILE with PART one of {', '.join(PARTS)}")
         with open(path) as f:
@@ -302,11 +339,17 @@ def main() -> None:
         parts["full"].setdefault("steps", args.steps)
     for name in ("reference", "timing", "full", "default"):
         if name not in parts and not (name == "default" and args.skip_default):
-            parts[name] = _run_part(args, name)
+            parts[name] = _run_part(args, name, "" if name == "full" else args.config)
+    variants = {}
+    for spec in args.variant:
+        name, _, path = spec.partition("=")
+        path, _, rule = path.partition("@")  # FILE@plateau_patience=500: another stopping rule, same run
+        with open(path) as f:
+            vfull = json.loads(f.read())
+        variants[name] = (",".join(filter(None, [vfull.get("config", ""), rule])), vfull)
     print(json.dumps({"model": args.model, "steps": args.steps, "batch": args.batch, "threads": args.threads,
                       "quality": args.quality, **analyse(parts["reference"], parts["timing"], parts["full"],
-                                                         parts.get("default"), args.quality),
-                      "rule_grid": rule_grid(parts["full"], args.steps),
+                                                         parts.get("default"), args.quality, variants),
                       "parts": {k: v for k, v in parts.items() if k != "full"}}, indent=1))
 
 
@@ -321,11 +364,12 @@ def _load_reference(text: str) -> dict:
     return {"part": "reference", "steps": None, "targets": rows}
 
 
-def _run_part(args, name: str) -> dict:
+def _run_part(args, name: str, config: str) -> dict:
     cmd = [sys.executable, __file__, "--part", name, "--model", args.model, "--steps", str(args.steps),
            "--prompt-len", str(args.prompt_len), "--batch", str(args.batch), "--ref-targets", str(args.ref_targets),
            "--threads", str(args.threads), "--timing-steps", str(args.timing_steps),
-           "--default-targets", str(args.default_targets)]
+           "--default-targets", str(args.default_targets), "--config", config,
+           "--target-offset", str(args.target_offset)]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 

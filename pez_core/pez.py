@@ -15,6 +15,7 @@ depend on the others in its batch. The loop itself is stream.py (continuous batc
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,6 +64,13 @@ class PEZConfig:
     langevin_noise: float = 0.5  # fluentprompt: noise std in units of the token table's std, annealed to 0
     fluency: float = 0.0  # weight of the prompt's mean NLL (nats/token) under prompt_lm; 0: the paper's PEZ
     prompt_lm: str | None = None  # the fluency prior: a prompt LM preset ("world") or folder (prompt_lm.py)
+    # the lr over a target's OWN steps (lr_factor): warm-up, then constant (the paper), cosine or step decay
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_warmup: int = 0  # own steps of linear warm-up from lr / lr_warmup to lr
+    lr_final: float = 0.0  # cosine: the lr at the horizon, as a share of lr; step: two drops of sqrt(lr_final)
+    lr_horizon: int | None = None  # own step at which the decay ends (None: steps, the budget)
+    restart_patience: int | None = None  # re-seed a target in place (keeping its best) once its current run
+    #   has gone this many steps without beating that run's own best; None: never (the paper)
 
     def __post_init__(self):
         if not 1 <= self.prompt_len <= 75:
@@ -90,6 +98,16 @@ class PEZConfig:
             raise ValueError(f"plateau_ratio must be >= 0, got {self.plateau_ratio}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.lr_schedule not in ("constant", "cosine", "step"):
+            raise ValueError(f"lr_schedule must be constant, cosine or step, got {self.lr_schedule!r}")
+        if self.lr_warmup < 0:
+            raise ValueError(f"lr_warmup must be >= 0, got {self.lr_warmup}")
+        if not 0 <= self.lr_final <= 1 or (self.lr_schedule == "step" and self.lr_final == 0):
+            raise ValueError(f"lr_final must be in [0, 1] (step: > 0), got {self.lr_final}")
+        if self.lr_horizon is not None and self.lr_horizon <= self.lr_warmup:
+            raise ValueError(f"lr_horizon must be > lr_warmup or None, got {self.lr_horizon}")
+        if self.restart_patience is not None and self.restart_patience < 1:
+            raise ValueError(f"restart_patience must be >= 1 or None, got {self.restart_patience}")
         if self.target_cosine is not None and not -1 <= self.target_cosine <= 1:
             raise ValueError(f"target_cosine must be in [-1, 1], got {self.target_cosine}")
         self.ban, self.ban_substring = tuple(self.ban), tuple(self.ban_substring)
@@ -172,6 +190,23 @@ def target_seeds(targets: Sequence[Target], seed: int) -> list[int]:
 
 
 # ---- the batched loop ------------------------------------------------------------------------
+def lr_factor(cfg: PEZConfig, t: torch.Tensor) -> torch.Tensor | None:
+    """The lr multiplier (a,) float64 at each target's own 1-based step ``t`` (a,); None for a constant lr."""
+    if cfg.lr_schedule == "constant" and not cfg.lr_warmup:
+        return None
+    t = t.to(torch.float64)
+    f = torch.ones_like(t)
+    if cfg.lr_warmup:
+        f = torch.clamp(t / cfg.lr_warmup, max=1.0)
+    horizon = cfg.lr_horizon or cfg.steps
+    progress = torch.clamp((t - 1 - cfg.lr_warmup) / max(1, horizon - cfg.lr_warmup), 0.0, 1.0)
+    if cfg.lr_schedule == "cosine":
+        f = f * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + torch.cos(math.pi * progress)))
+    elif cfg.lr_schedule == "step":  # x sqrt(lr_final) at half the horizon, again at three quarters
+        f = f * torch.pow(math.sqrt(cfg.lr_final), (progress >= 0.5).double() + (progress >= 0.75).double())
+    return f
+
+
 class _AdamW:
     """torch.optim.AdamW's update on rows of one tensor, so finished targets can leave the batch."""
 
@@ -181,18 +216,23 @@ class _AdamW:
         self.v = torch.zeros_like(param)
 
     @torch.no_grad()
-    def step(self, rows: torch.Tensor, grad: torch.Tensor, t: int | torch.Tensor) -> None:
+    def step(self, rows: torch.Tensor, grad: torch.Tensor, t: int | torch.Tensor,
+             factor: torch.Tensor | None = None) -> None:
         """Update ``rows`` (a,) with ``grad`` (a, ...); ``t`` is each row's own 1-based step count (a,)
-        (or one count for all), used by the bias correction."""
+        (or one count for all), used by the bias correction; ``factor`` (a,) scales each row's lr (a schedule)."""
         b1, b2 = self.betas
+        if factor is not None and not isinstance(t, torch.Tensor):
+            t = torch.full((len(rows),), t)
         p, m, v = self.p[rows], self.m[rows], self.v[rows]
-        p.mul_(1 - self.lr * self.wd)
+        shape = (-1, *([1] * (p.dim() - 1)))
+        lr = self.lr if factor is None else (self.lr * factor.to(torch.float64)).view(shape)
+        p.mul_((1 - lr * self.wd).float() if factor is not None else 1 - lr * self.wd)
         m.lerp_(grad, 1 - b1)
         v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         if isinstance(t, torch.Tensor):  # per row; the corrections in float64, as torch's scalar path
-            t = t.to(torch.float64).view(-1, *([1] * (p.dim() - 1)))
+            t = t.to(torch.float64).view(shape)
             denom = (v / (1 - b2**t).float()).sqrt_().add_(self.eps)
-            p.addcdiv_(m * (-self.lr / (1 - b1**t)).float(), denom)
+            p.addcdiv_(m * (-lr / (1 - b1**t)).float(), denom)
         else:
             denom = (v / (1 - b2**t)).sqrt_().add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / (1 - b1**t))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from .clip import ClipModel
-from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, similarity
+from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, lr_factor, similarity
 from .projection import ST_TOP_K, Vocabulary
 from .prompt_lm import PromptLM
 from .stopping import can_stop_early, stopped
@@ -47,6 +47,11 @@ class _Slots:
         self.prompts = torch.zeros(slots, n, self.table.shape[1], device=dev)
         self.opt = _AdamW(self.prompts, cfg.lr, cfg.weight_decay)
         self.t = torch.zeros(slots, dtype=torch.long, device=dev)  # each slot's own steps done
+        # restarts (restart_patience): steps of the current run (AdamW's bias correction), that run's best
+        self.run_t = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.run_best = torch.full((slots,), -math.inf, device=dev)
+        self.run_best_t = torch.zeros(slots, dtype=torch.long, device=dev)
+        self.seeds, self.restarts = [0] * slots, [0] * slots
         self.best_cos = torch.full((slots,), -math.inf, device=dev)  # cosine of the best prompt
         self.best_obj = torch.full((slots,), -math.inf, device=dev)  # its objective: cosine - fluency x NLL
         self.best_nll = torch.zeros(slots, device=dev)  # its NLL under the prompt LM (fluency > 0)
@@ -84,6 +89,8 @@ class _Slots:
         self.opt.m[slot] = 0
         self.opt.v[slot] = 0
         self.t[slot] = 0
+        self.seeds[slot], self.restarts[slot] = seed, 0
+        self.run_t[slot], self.run_best[slot], self.run_best_t[slot] = 0, -math.inf, 0
         self.best_cos[slot], self.best_obj[slot], self.best_ids[slot], self.best_step[slot] = -math.inf, -math.inf, 0, 0
         self.done[slot] = False
         self.feats[slot] = 0
@@ -120,7 +127,9 @@ class _Slots:
             grad = at_leaf + at_prompt
         t = self.t[active] + 1
         self.t[active] = t
-        self.opt.step(active, grad, t)
+        run_t = self.run_t[active] + 1
+        self.run_t[active] = run_t
+        self.opt.step(active, grad, run_t, lr_factor(self.cfg, t))  # the schedule on the target's own step
         if self.cfg.method in ("autoprompt-sgd", "fluentprompt"):  # project after the update
             moved = self.prompts[active]
             if self.cfg.method == "fluentprompt":
@@ -138,11 +147,27 @@ class _Slots:
             self.best_emb[rows] = leaf.detach()[better]
         else:
             self.best_ids[rows] = ids[better]
+        if self.cfg.restart_patience is not None:
+            self._restart_stale(active, objective, run_t, live)
         if check:
             now = stopped(self.cfg, t, self.best_step[active], self.best_cos[active]) & live
             self.stop_t[active[now]] = t[now]
             self.done[active] |= now
         return sim, t - 1
+
+    def _restart_stale(self, active, objective, run_t, live) -> None:
+        """Re-seed in place each live target whose current run has gone ``restart_patience`` steps without
+        beating its own best: a new random prompt (from the target's seed and restart count), fresh AdamW
+        moments and bias correction; its overall best, step count and schedule carry on."""
+        better = objective > self.run_best[active]
+        self.run_best[active[better]], self.run_best_t[active[better]] = objective[better], run_t[better]
+        stale = live & (run_t - self.run_best_t[active] >= self.cfg.restart_patience)
+        for slot in active[stale].tolist():  # a device-to-host read, only with restarts on
+            self.restarts[slot] += 1
+            gen = torch.Generator().manual_seed((self.seeds[slot] * 1_000_003 + self.restarts[slot]) % 2**63)
+            self.prompts[slot] = self.table[self.vocab.random_ids(self.cfg.prompt_len, gen)].float()
+            self.opt.m[slot], self.opt.v[slot] = 0, 0
+            self.run_t[slot], self.run_best[slot], self.run_best_t[slot] = 0, -math.inf, 0
 
     def _langevin(self, active: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """FluentPrompt's Langevin noise (a, n, d): each target's own generator, so its noise does not depend
@@ -161,6 +186,8 @@ class _Slots:
             return index, self._soft_result(target, slot, steps_run, k)
         result = _result(self.clip, target, self.best_ids[slot].tolist(), float(self.best_cos[slot]),
                          int(self.best_step[slot]), steps_run, self.feats[slot, :k], self.weights[slot, :k])
+        if self.cfg.restart_patience is not None:
+            result.extra["restarts"] = self.restarts[slot]
         if self.lm is not None:  # the returned prompt's NLL (nats/token; re-scored if the round trip changed it)
             result.extra["nll"] = float(self.lm.nll([result.token_ids])[0]) if "optimised_ids" in result.extra \
                 else float(self.best_nll[slot])
