@@ -21,7 +21,9 @@ Over N held-out one-object scenes (scene i from the string seed "quality:i", dra
   each weight, prompts named ``pez{n}-f{L}``; every prompt set also gets ``readability``: the share of its
   word bigrams that occur in the world's caption language (the bigrams of 20,000 captions from another
   seed than the prompt LM's training text; it does not use the LM) and ``nll``, the prompt LM's NLL per
-  token. ``--plot PATH`` draws readability and regenerated similarity against the weight.
+  token. ``--plot PATH`` draws readability and regenerated similarity against the weight. With the
+  fluency prior each finished prompt is polished (``--polish`` sweeps, polish.py); ``--no-polish-too``
+  also runs the default weight without it, so the polish's own effect is measured on the same scenes.
 """
 
 from __future__ import annotations
@@ -36,62 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def attribute_words() -> dict[str, dict[str, set[str]]]:
-    """attribute -> value -> the words that name it (quality words included where they stand for it)."""
-    from pez_core.world import grammar as g
-
-    table = {"colour": g.COLOURS, "shape": g.SHAPES, "size": g.SIZES, "position": g.POSITIONS,
-             "background": g.COLOURS, "fill": g.FILLS, "sharpness": g.SHARPNESS, "saturation": g.SATURATION}
-    out = {a: {v: set(ws) for v, ws in t.items()} for a, t in table.items()}
-    for word, effects in g.QUALITY.items():
-        for attr, value in effects.items():
-            out[attr][value].add(word)
-    return out
-
-
-def scene_values(scene) -> dict[str, str]:
-    o = scene.objects[0]
-    return {"colour": o.colour, "shape": o.shape, "size": o.size, "position": scene.position,
-            "background": scene.background, "fill": scene.fill, "sharpness": scene.sharpness,
-            "saturation": scene.saturation}
-
-
-def words_of(text: str) -> list[str]:
-    """The prompt's whitespace-separated words, lower-cased, trailing commas and stops stripped; a token
-    of punctuation alone (such as the "(" PEZ picks for a no-op slot) is a word that is no world word."""
-    return [w.strip(",.;:!?") or w for w in text.lower().split()]
-
-
-def word_scores(prompts: list[str], scenes: list) -> dict:
-    """Recall per attribute and word precision of ``prompts`` for their ``scenes``."""
-    from pez_core.world.grammar import FUNCTION_WORDS, WORDS
-
-    names = attribute_words()
-    recall = {a: statistics.mean(bool(set(words_of(p)) & names[a][scene_values(s)[a]]) for p, s in zip(prompts, scenes))
-              for a in names}
-    all_words = [w for p in prompts for w in words_of(p)]
-    precision = sum(w in WORDS for w in all_words) / max(1, len(all_words))
-    glue = sum(w in WORDS or w in FUNCTION_WORDS for w in all_words) / max(1, len(all_words))
-    return {"recall": {a: round(v, 4) for a, v in recall.items()}, "precision": round(precision, 4),
-            "precision_with_glue": round(glue, 4)}
-
-
-def caption_bigrams(n: int = 20000, seed: int = 999) -> set[tuple[str, str]]:
-    """The word bigrams of the world's caption language (captions of another seed than any training text)."""
-    from pez_core.world.prompts import world_captions
-
-    out = set()
-    for c in world_captions(n, seed):
-        w = words_of(c)
-        out |= set(zip(w, w[1:]))
-    return out
-
-
-def readability(prompts: list[str], language: set) -> float:
-    """Share of the prompts' word bigrams that occur in ``language`` (0 for prompts of one word)."""
-    pairs = [b for p in prompts for w in [words_of(p)] for b in zip(w, w[1:])]
-    return round(sum(b in language for b in pairs) / max(1, len(pairs)), 4)
+from pez_core.world.metrics import (  # noqa: E402
+    caption_bigrams, readability, regenerated_similarity, word_scores)
 
 
 def keyword_bank(clip, image_features, k: int) -> list[str]:
@@ -114,18 +62,6 @@ def random_prompts(clip, n: int, length: int, seed: int) -> list[str]:
     vocab = Vocabulary(clip)
     ids = vocab.random_ids(n * length, torch.Generator().manual_seed(seed)).view(n, length)
     return [clip.decode(row.tolist()) for row in ids]
-
-
-def regenerated_similarity(ref, prompts: list[str], targets, seeds: int) -> list[float]:
-    """Per prompt: mean over seeds of cos(ref(render(prompt, seed)), ref(target))."""
-    from pez_core.world.render import render
-
-    size = ref.image_size
-    out = []
-    for prompt, target in zip(prompts, targets):
-        images = [render(prompt, seed=s, size=size) for s in range(seeds)]
-        out.append(float((ref.encode_images(images) @ target).mean()))
-    return out
 
 
 def plot_fluency(out: dict, weights: list[float], lens: list[int], path: str) -> None:
@@ -159,11 +95,15 @@ def main(argv=None) -> int:
     p.add_argument("--fluency", default="", help="fluency weights to sweep (e.g. 0.03,0.1,0.3; PEZ without it always runs)")
     p.add_argument("--prompt-lm", default="world", help="the prompt LM of the fluency prior (preset or folder)")
     p.add_argument("--plot", help="with --fluency: write the curve (PNG) here")
+    p.add_argument("--polish", type=int, default=3, help="polish sweeps with the fluency prior (PEZConfig.polish_sweeps)")
+    p.add_argument("--no-polish-too", action="store_true",
+                   help="also run the default fluency weight without the polish (prompts pez{n}-f{L}-nopolish)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from pez_core import PEZConfig, image_target, invert, load_clip
+    from pez_core.presets import DEFAULT_FLUENCY
     from pez_core.prompt_lm import PromptLM
     from pez_core.world.captions import caption
     from pez_core.world.grammar import sample_scene
@@ -188,11 +128,15 @@ def main(argv=None) -> int:
     weights = [0.0] + [float(x) for x in args.fluency.split(",") if x.strip()]
     for n in (int(x) for x in args.prompt_lens.split(",")):
         prompts[f"bank{n}"] = keyword_bank(clip, feats, n)
-        for lam in weights:
-            name = f"pez{n}" + (f"-f{lam:g}" if lam else "")
+        runs = [(lam, args.polish) for lam in weights]
+        if args.no_polish_too and DEFAULT_FLUENCY in weights:
+            runs.append((DEFAULT_FLUENCY, 0))
+        for lam, sweeps in runs:
+            name = f"pez{n}" + (f"-f{lam:g}" if lam else "") + ("-nopolish" if lam and not sweeps else "")
             t = time.perf_counter()
             results = invert(clip, [image_target(clip, [im], seed=i) for i, im in enumerate(images)],
-                             PEZConfig(steps=args.steps, prompt_len=n, fluency=lam, prompt_lm=args.prompt_lm if lam else None))
+                             PEZConfig(steps=args.steps, prompt_len=n, fluency=lam, polish_sweeps=sweeps,
+                                       prompt_lm=args.prompt_lm if lam else None))
             prompts[name] = [r.text for r in results]
             out["pez"][name] = {**word_scores(prompts[name], scenes), "fluency": lam,
                                 "mean_cosine": round(statistics.mean(r.cosine for r in results), 4),

@@ -15,7 +15,7 @@ _EXPORTS = {
     "ImageError": "images", "decode_image": "images", "load_image": "images",
     "PEZConfig": "pez", "PEZResult": "pez", "Target": "pez", "concat_prompts": "pez", "feature_target": "pez",
     "image_target": "pez", "invert": "pez", "text_target": "pez",
-    "Vocabulary": "projection", "invert_stream": "stream", "TargetFeed": "stream", "FeedClosed": "stream",
+    "Vocabulary": "projection", "invert_stream": "stream", "TargetFeed": "feed", "FeedClosed": "feed",
     "JointClip": "joint",
     "invert_reference": "reference",
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -64,6 +65,9 @@ class PEZConfig:
     langevin_noise: float = 0.5  # fluentprompt: noise std in units of the token table's std, annealed to 0
     fluency: float = 0.0  # weight of the prompt's mean NLL (nats/token) under prompt_lm; 0: the paper's PEZ
     prompt_lm: str | None = None  # the fluency prior: a prompt LM preset ("world") or folder (prompt_lm.py)
+    polish_sweeps: int = 3  # with fluency > 0: sweeps of discrete coordinate ascent on each finished prompt
+    #   under the same objective, proposals from prompt_lm (polish.py); 0: off (the paper's methods)
+    polish_proposals: int = 8  # the prompt LM's likeliest tokens tried at each position per sweep
     # the lr over a target's OWN steps (lr_factor): warm-up, then constant (the paper), cosine or step decay
     lr_schedule: Literal["constant", "cosine", "step"] = "constant"
     lr_warmup: int = 0  # own steps of linear warm-up from lr / lr_warmup to lr
@@ -84,6 +88,10 @@ class PEZConfig:
                              "`promptmine train prompt-lm`")
         if self.fluency and self.method == "soft":
             raise ValueError("fluency needs tokens to score; method 'soft' has none")
+        if self.polish_sweeps < 0:
+            raise ValueError(f"polish_sweeps must be >= 0, got {self.polish_sweeps}")
+        if self.polish_proposals < 1:
+            raise ValueError(f"polish_proposals must be >= 1, got {self.polish_proposals}")
         if not self.langevin_noise >= 0:
             raise ValueError(f"langevin_noise must be >= 0, got {self.langevin_noise}")
         if self.steps < 1:
@@ -265,7 +273,9 @@ def _result(clip, target: Target, ids: list[int], cos: float, best_step: int, st
     text = clip.decode(ids)
     extra = {}
     back = clip.tokenize(text)
-    if back != ids:
+    if back == ids:
+        text = tidy_punctuation(clip, text, ids)
+    else:
         extra = {"optimised_ids": ids, "optimised_cosine": cos}
         ids = back[: clip.context_length - 2]
         rescored = clip.encode_ids(torch.tensor([ids], device=clip.device))
@@ -273,6 +283,16 @@ def _result(clip, target: Target, ids: list[int], cos: float, best_step: int, st
     if hasattr(clip, "encoder_cosines"):  # several text encoders at once (joint.py): each one's score
         extra["encoders"] = clip.encoder_cosines(ids, feats, weights)
     return PEZResult(text, ids, cos, best_step, steps_run, target.kind, extra)
+
+
+_LOOSE_MARK = re.compile(r"(?<=\w) ([,.;:!?])(?= |$)")  # a mark the decoder set apart: "red , circle"
+
+
+def tidy_punctuation(clip, text: str, ids: list[int]) -> str:
+    """``text`` with each lone , . ; : ! ? after a word attached to it ("red, circle"), as a person writes
+    it, when that still tokenises to ``ids`` (the round trip holds); else ``text`` unchanged."""
+    tidy = _LOOSE_MARK.sub(r"\1", text)
+    return tidy if tidy != text and clip.tokenize(tidy) == ids else text
 
 
 def concat_prompts(prompts: Sequence[str | PEZResult], tokenizer=None, sep: str = " ", max_tokens: int = 75) -> str:

@@ -8,14 +8,12 @@ the float rounding of batched matrix products, which in practice leaves the ids 
 ``pez.invert`` is this loop with as many slots as targets.
 
 The queue is either a plain iterable (read with ``next``; the first StopIteration means exhausted for
-good: ``invert``, mining) or a live :class:`TargetFeed` (an online server). A feed is filled from other
-threads: ``put(target)`` returns the target's index, ``cancel(index)`` drops a queued target or frees a
-running one's slot before the next step (its result is never produced), ``close()`` lets the stream end
-once the feed is drained. The stream polls the feed without waiting while any slot is occupied (a new
-target joins at the next step) and waits on it only when every slot is empty; a feed made with
-``idle_timeout`` closes itself, atomically under its lock, when it stayed empty that long while the
-stream waited, so the stream ends, and a later ``put`` raises :class:`FeedClosed` (the caller starts a
-new stream) instead of landing in a feed nobody reads.
+good: ``invert``, mining) or a live :class:`~pez_core.feed.TargetFeed` (an online server; feed.py). The
+stream polls a feed without waiting while any slot is occupied (a new target joins at the next step) and
+waits on it only when every slot is empty.
+
+With the fluency prior on, the targets that stop together are polished together (polish.py) before their
+results are returned; the polish scores every row on its own, so that too leaves results batch-independent.
 
 Shapes: B slots, a occupied slots, n prompt tokens, d text width, k feature vectors per target, e joint width.
 """
@@ -23,16 +21,15 @@ Shapes: B slots, a occupied slots, n prompt tokens, d text width, k feature vect
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
 from .clip import ClipModel
+from .feed import _NOTHING_NOW, FeedClosed, TargetFeed  # noqa: F401 (FeedClosed: re-exported)
 from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, lr_factor, similarity
 from .projection import ST_TOP_K, Vocabulary
+from .polish import polish
 from .prompt_lm import PromptLM
 from .stopping import can_stop_early, stopped
 
@@ -69,6 +66,7 @@ class _Slots:
         # the table's std is a pass over every row: only the method that uses it pays for it
         self.noise_std = cfg.langevin_noise * float(self.table.float().std()) if cfg.method == "fluentprompt" else 0.0
         self.lm = PromptLM.cached(cfg.prompt_lm, dev) if cfg.fluency else None  # the fluency prior
+        self.polish_moves = [0] * slots
 
     def load(self, slot: int, index: int, target: Target) -> None:
         """Start ``target`` (the ``index``-th of the queue) from scratch in ``slot``."""
@@ -177,6 +175,19 @@ class _Slots:
         scale = (1 - (t.to(torch.float32) - 1) / self.cfg.steps).clamp_(min=0) * self.noise_std
         return z.to(self.prompts.device) * scale.view(-1, 1, 1)
 
+    def polish(self, slots: list[int]) -> None:
+        """Polish the best prompts of the stopped ``slots`` together (polish.py), with the fluency prior on."""
+        cfg = self.cfg
+        if self.lm is None or self.soft or not cfg.polish_sweeps or not slots:
+            return
+        rows = torch.tensor(slots, device=self.prompts.device)
+        out = polish(self.clip, self.lm, self.vocab, self.best_ids[rows], self.feats[rows], self.weights[rows],
+                     cfg.fluency, cfg.polish_proposals, cfg.polish_sweeps)
+        self.best_ids[rows], self.best_cos[rows], self.best_nll[rows] = out.ids, out.cosine, out.nll
+        self.best_obj[rows] = out.cosine - cfg.fluency * out.nll
+        for slot, moves in zip(slots, out.moves):
+            self.polish_moves[slot] = moves
+
     def finish(self, slot: int, steps_run: int) -> tuple[int, PEZResult]:
         index, target = self.who[slot]
         self.who[slot] = None
@@ -191,6 +202,8 @@ class _Slots:
         if self.lm is not None:  # the returned prompt's NLL (nats/token; re-scored if the round trip changed it)
             result.extra["nll"] = float(self.lm.nll([result.token_ids])[0]) if "optimised_ids" in result.extra \
                 else float(self.best_nll[slot])
+            if self.cfg.polish_sweeps:
+                result.extra["polish_moves"] = self.polish_moves[slot]
         return index, result
 
     def _soft_result(self, target: Target, slot: int, steps_run: int, k: int) -> PEZResult:
@@ -204,85 +217,6 @@ class _Slots:
         extra = {"soft": True, "embedding": emb.tolist(), "nearest_text": nearest.text,
                  "nearest_ids": nearest.token_ids, "nearest_cosine": ncos}
         return PEZResult("", [], float(self.best_cos[slot]), int(self.best_step[slot]), steps_run, target.kind, extra)
-
-
-class FeedClosed(RuntimeError):
-    """``TargetFeed.put`` on a closed feed: nothing reads it any more."""
-
-
-_NOTHING_NOW = object()  # TargetFeed._take: no target queued yet, the feed still open
-
-
-class TargetFeed:
-    """A thread-safe live queue for :func:`invert_stream` (see the module docstring). Indices count the
-    targets put, from 0, in order; a stream reads a feed in that order (FIFO)."""
-
-    def __init__(self, idle_timeout: float | None = None):
-        if idle_timeout is not None and not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be > 0 or None, got {idle_timeout}")
-        self.idle_timeout = idle_timeout
-        self._cond = threading.Condition()
-        self._queued: deque[tuple[int, Target]] = deque()
-        self._cancel: set[int] = set()  # running targets to free at the next step
-        self._count = 0
-        self._closed = False
-
-    def put(self, target: Target) -> int:
-        """Queue ``target``; returns its index. Raises :class:`FeedClosed` once the feed is closed."""
-        with self._cond:
-            if self._closed:
-                raise FeedClosed("this feed is closed; start a new stream")
-            index, self._count = self._count, self._count + 1
-            self._queued.append((index, target))
-            self._cond.notify_all()
-            return index
-
-    def cancel(self, index: int) -> None:
-        """Drop target ``index``: taken off the queue if still there, else its slot is freed at the stream's
-        next step and no result comes for it. A finished or unknown index is ignored."""
-        with self._cond:
-            for i, (queued, _) in enumerate(self._queued):
-                if queued == index:
-                    del self._queued[i]
-                    return
-            if 0 <= index < self._count:
-                self._cancel.add(index)
-
-    def close(self) -> None:
-        """No more puts; a stream ends once it has run every target already queued."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def __len__(self) -> int:
-        """Targets queued, not yet in a slot."""
-        return len(self._queued)
-
-    def _take(self, wait: bool):
-        """The stream's read: ``(index, target)``; ``_NOTHING_NOW`` when none is queued (``wait`` False);
-        None when the feed is closed and drained. ``wait``: block until a put, a close or the idle timeout
-        (which closes the feed, here under the lock, so no put can slip in between)."""
-        with self._cond:
-            end = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
-            while wait and not self._queued and not self._closed:
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    self._closed = True
-                    break
-                self._cond.wait(left)
-            if self._queued:
-                return self._queued.popleft()
-            return None if self._closed else _NOTHING_NOW
-
-    def _cancelled(self) -> set[int]:
-        """Indices cancelled since the last call (the stream frees their slots)."""
-        with self._cond:
-            out, self._cancel = self._cancel, set()
-            return out
 
 
 class Stream:
@@ -368,9 +302,10 @@ class Stream:
             at_budget = any(t_host[i] >= cfg.steps for i in occupied)
             if at_budget or (early and self.global_steps % self.sync_every == 0):
                 done = s.done[active].tolist()  # the one device-to-host read
-                for i, d in zip(occupied, done):
-                    if d:
-                        yield s.finish(i, int(s.stop_t[i]))
+                stopped_now = [i for i, d in zip(occupied, done) if d]
+                s.polish(stopped_now)
+                for i in stopped_now:
+                    yield s.finish(i, int(s.stop_t[i]))
 
 
 def invert_stream(

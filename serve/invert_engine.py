@@ -24,7 +24,8 @@ import threading
 import time
 from collections import Counter
 
-from pez_core.stream import FeedClosed, TargetFeed, invert_stream
+from pez_core.feed import FeedClosed, TargetFeed
+from pez_core.stream import invert_stream
 
 log = logging.getLogger(__name__)
 

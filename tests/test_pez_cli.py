@@ -30,7 +30,8 @@ def test_invert_json_one_prompt_per_image(images, capsys, tiny_clip):
     assert [r["image"] for r in rows] == [str(p) for p in paths]
     for r in rows:
         # the world preset's default fluency prior adds the prompt's NLL under the world prompt LM
-        assert set(r) == {"image", "prompt", "token_ids", "cosine", "best_step", "steps_run", "nll"} and r["nll"] > 0
+        assert set(r) == {"image", "prompt", "token_ids", "cosine", "best_step", "steps_run", "nll", "polish_moves"}
+        assert r["nll"] > 0 and r["polish_moves"] >= 0
         assert len(r["token_ids"]) == 6 and tiny_clip.tokenize(r["prompt"]) == r["token_ids"]
         assert -1 <= r["cosine"] <= 1 and r["steps_run"] == 20
 

@@ -65,6 +65,9 @@ def add_pez_args(p: argparse.ArgumentParser, entry: str, demo: str | None = None
                         "(default: DEFAULT_FLUENCY where a prompt LM is in use, else 0; 0 turns it off)")
     p.add_argument("--prompt-lm", help="the fluency prior: a prompt LM preset (world) or a `promptmine train "
                                        "prompt-lm` model folder, or none (default: the preset's; world presets: world)")
+    p.add_argument("--polish", type=int, default=3, metavar="SWEEPS",
+                   help="with the fluency prior: sweeps of word-by-word polish of each finished prompt under the same "
+                        "objective, proposals from --prompt-lm (default 3; 0: off)")
     p.set_defaults(pez_entry=entry, pez_demo=demo)
 
 
@@ -92,7 +95,7 @@ def pez_config(args, demo: bool = False):
             early_stop=not args.no_early_stop, target_cosine=args.target_cosine, ban=tuple(args.ban),
             ban_substring=tuple(args.ban_substring), allow=allow, safe_vocab=not args.all_tokens,
             projection=args.projection, method=args.method, langevin_noise=args.langevin_noise,
-            **fluency_settings(args),
+            polish_sweeps=args.polish, **fluency_settings(args),
         )
     except ValueError as e:
         raise CLIError(str(e)) from e

@@ -48,6 +48,8 @@ def result_dict(result, **fields) -> dict:
         row["bank"] = result.extra["bank"]
     if "nll" in result.extra:  # the fluency prior's score of the prompt (nats per token)
         row["nll"] = round(result.extra["nll"], 4)
+    if "polish_moves" in result.extra:  # words the polish replaced or swapped (PEZConfig.polish_sweeps)
+        row["polish_moves"] = result.extra["polish_moves"]
     if result.extra.get("soft"):  # --method soft: no text; its embedding and what its nearest tokens reach
         row.update(soft=True, embedding=result.extra["embedding"], nearest_prompt=result.extra["nearest_text"],
                    nearest_cosine=round(result.extra["nearest_cosine"], 6))
