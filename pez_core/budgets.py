@@ -23,8 +23,8 @@ BUDGETS: dict[str, Budget] = {
     "distill": Budget(3000, 8, "distillation wants a prompt shorter than its source; 8 tokens as in the paper's "
                                "distillation examples"),
     "mine": Budget(3000, 16, "the paper's budget as a cap: on the world CLIP the default stopping rule keeps "
-                             "99.1% of the 3000-step mean cosine at a mean 984 steps (a fixed 300 steps keeps "
-                             "97.6%); continuous batching keeps the batch full while targets stop"),
+                             "99.2% of the 3000-step mean cosine at a mean 1531 steps (README: When PEZ stops); "
+                             "continuous batching keeps the batch full while targets stop"),
     "serve": Budget(200, 16, "an online request must answer in seconds; a client may ask for more steps "
                              "up to the server's max_steps"),
     "demo": Budget(60, 8, "the README's first command must finish in under a minute on 2 CPU cores"),
