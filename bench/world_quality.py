@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     for n in (int(x) for x in args.prompt_lens.split(",")):
         prompts[f"bank{n}"] = keyword_bank(clip, feats, n)
         runs = [(lam, args.polish) for lam in weights]
-        if args.no_polish_too and DEFAULT_FLUENCY in weights:
+        if args.no_polish_too and args.polish and DEFAULT_FLUENCY in weights:  # --polish 0: every run is one
             runs.append((DEFAULT_FLUENCY, 0))
         for lam, sweeps in runs:
             name = f"pez{n}" + (f"-f{lam:g}" if lam else "") + ("-nopolish" if lam and not sweeps else "")

@@ -39,12 +39,6 @@ class Polished:
     moves: list[int]  # per prompt: replacements and swaps kept
 
 
-def proposable(lm: PromptLM, vocab: Vocabulary) -> torch.Tensor:
-    """(V - SPECIALS,) bool: which of the LM's tokens are candidate tokens of this run (``vocab``)."""
-    clip_ids = torch.tensor(lm.vocab.clip_ids, dtype=torch.long, device=vocab.ids.device)
-    return torch.isin(clip_ids, vocab.ids).to(lm.device)
-
-
 @torch.no_grad()
 def polish(clip, lm: PromptLM, vocab: Vocabulary, ids: torch.Tensor, feats: torch.Tensor, weights: torch.Tensor,
            fluency: float, proposals: int = 8, sweeps: int = 3) -> Polished:
@@ -55,9 +49,10 @@ def polish(clip, lm: PromptLM, vocab: Vocabulary, ids: torch.Tensor, feats: torc
     dev = ids.device
     ids = ids.clone()
     b, n = ids.shape
-    ok = proposable(lm, vocab)
-    k = min(proposals, int(ok.sum()))
     lm_clip = torch.tensor(lm.vocab.clip_ids, dtype=torch.long, device=dev)  # LM id - SPECIALS -> CLIP id
+    ok = torch.isin(lm_clip, vocab.ids.to(dev)).to(lm.device)  # (V - SPECIALS,): candidate tokens of this run
+    k = min(proposals, int(ok.sum()))
+    feats_k, weights_k = feats.repeat_interleave(k, 0), weights.repeat_interleave(k, 0)  # each row's K variants
 
     def score(x: torch.Tensor, f: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cos = similarity(clip.encode_ids(x), f, w).to(dev)
@@ -85,8 +80,7 @@ def polish(clip, lm: PromptLM, vocab: Vocabulary, ids: torch.Tensor, feats: torc
             cands = lm_clip[logits.topk(k, dim=1).indices.to(dev)]  # (b, K)
             trial = ids.unsqueeze(1).repeat(1, k, 1)
             trial[:, :, i] = cands
-            o, c, l = (t.view(b, k) for t in score(trial.view(b * k, n), feats.repeat_interleave(k, 0),
-                                                     weights.repeat_interleave(k, 0)))
+            o, c, l = (t.view(b, k) for t in score(trial.view(b * k, n), feats_k, weights_k))
             best = o.argmax(1, keepdim=True)
             moved += keep(every, trial[torch.arange(b, device=dev), best[:, 0]], o.gather(1, best)[:, 0],
                           c.gather(1, best)[:, 0], l.gather(1, best)[:, 0])

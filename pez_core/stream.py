@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from .clip import ClipModel
-from .feed import _NOTHING_NOW, FeedClosed, TargetFeed  # noqa: F401 (FeedClosed: re-exported)
+from .feed import _NOTHING_NOW, TargetFeed
 from .pez import PEZConfig, PEZResult, Target, _AdamW, _result, lr_factor, similarity
 from .projection import ST_TOP_K, Vocabulary
 from .polish import polish
