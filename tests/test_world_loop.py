@@ -21,12 +21,22 @@ def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
     pairs, held = pd.read_parquet(tmp_path / "p.parquet"), pd.read_parquet(tmp_path / "h.parquet")
     assert len(held) == 5 and held["key"].is_unique
     assert not set(held["raw_prompt"]) & set(pairs["raw_prompt"])
-    assert (pairs["raw_prompt"].str.split().str.len() <= 6).all()
+    assert (pairs["raw_prompt"].str.split().str.len() <= 8).all()
     assert (pairs["prompt"].str.split().str.len() >= 8).all()
     from pez_core.world.parse import parse
 
-    for raw, prompt in zip(pairs["raw_prompt"][:50], pairs["prompt"][:50]):
-        assert parse(raw).objects[0].shape == parse(prompt).objects[0].shape  # about the same object
+    for raw, prompt in zip(pairs["raw_prompt"], pairs["prompt"]):  # every word of the raw prompt is kept
+        want, got = parse(raw), parse(prompt)
+        assert want.objects[0].shape == got.objects[0].shape  # about the same object
+        for key in ("colour", "size"):
+            assert getattr(want.objects[0], key) in (None, getattr(got.objects[0], key)), (raw, prompt)
+        for key in ("position", "background"):  # never contradicted (a caption leaves the position out at times)
+            assert None in (getattr(want, key), getattr(got, key)) or getattr(want, key) == getattr(got, key), (raw, prompt)
+    # raw prompts name more than the shape often enough that an SFT model learns to carry them over
+    # (with one attribute at most, run 3's SFT never learned to copy the colour: docs/training.md)
+    named = [parse(r) for r in pairs["raw_prompt"]]
+    assert 0.45 < sum(n.objects[0].colour is not None for n in named) / len(named) < 0.75
+    assert sum(n.position is not None or n.background is not None for n in named) / len(named) > 0.3
     from pez_core.world.prompts import world_pairs
 
     bad = [p for p in world_pairs(200, bad=0.3) if p["source"] != "world"]

@@ -1,7 +1,7 @@
 """World text for the rewriting loop: short raw prompts, detailed high-quality captions, pairs and a corpus.
 
-A pair is (raw_prompt, prompt) about one scene: the raw prompt names the first object's shape and at most
-one more attribute ("a star", "a red star", "a star on the left"), the prompt is a full caption of the
+A pair is (raw_prompt, prompt) about one scene: the raw prompt names the first object's shape and a few
+more of its attributes ("a star", "a red star on the left", "a large star on a blue background"), the prompt is a full caption of the
 same scene (``captions.caption``, every attribute, 20% two-object scenes) with style words and, often,
 quality words. As DiffusionDB's high-quality prompts are mostly but not always good, the scene's styles
 are biased, not fixed: sharp and vivid 75% of the time each, filled 60%, large 65%, and a quality word
@@ -34,9 +34,21 @@ def quality_scene(rng: random.Random) -> Scene:
                  relation=rng.choice(list(RELATIONS)) if n == 2 else None)
 
 
-def low_prompt(scene: Scene, rng: random.Random) -> str:
-    """A short, under-specified prompt about the scene's first object: its shape and at most one more word."""
+def low_prompt(scene: Scene, rng: random.Random, detail: bool = False) -> str:
+    """A short, under-specified prompt about the scene's first object.
+
+    ``detail`` False (the aesthetic stand-in's training text): its shape and at most one more word.
+    ``detail`` True (``world_pairs``' raw prompts): its shape, its colour 60% of the time, its size 30%,
+    then its position (25%) or the background (20%): "a red star on the left", "a large star". An SFT
+    model learns to carry a raw word into its rewrite only if raw prompts name it often: with one
+    attribute at most, run 3's SFT never learned to copy the colour (docs/training.md)."""
     o = scene.objects[0]
+    if detail:
+        words = ([o.size] if rng.random() < 0.3 else []) + ([o.colour] if rng.random() < 0.6 else [])
+        text, r = "a " + " ".join(words + [o.shape]), rng.random()
+        if scene.position and r < 0.25:
+            return f"{text} {_POS_WORDS[scene.position]}"
+        return f"{text} on a {scene.background} background" if r < 0.45 else text
     choices = [f"a {o.shape}", f"a {o.colour} {o.shape}", f"a {o.size} {o.shape}"]
     if scene.position:
         choices.append(f"a {o.shape} {_POS_WORDS[scene.position]}")
@@ -70,7 +82,7 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0) -> list[dict]:
     out = []
     for _ in range(n):
         scene = quality_scene(rng)
-        raw = low_prompt(scene, rng)
+        raw = low_prompt(scene, rng, detail=True)
         source = "world"
         if rng.random() < bad:
             o = scene.objects[0]
