@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weights", "world",
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
-    "full": dict(count=3000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
+    "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
                  eval_seeds=8),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
                 eval_seeds=2),
@@ -53,7 +53,8 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
         ("init-lm", w / "lm", ["world", "init-lm", "--output", str(w / "lm")]),
         ("init-lm4", w / "lm4", ["world", "init-lm", "--output", str(w / "lm4"), "--layers", "4"]),
         ("label", w / "labels" / "metrics.json", ["label", "--input", str(w / "pairs.parquet"), "--output",
-                                                  str(w / "labels"), *SCORERS, "--seeds", "8", "--batch-rows", "32"]),
+                                                  str(w / "labels"), *SCORERS, "--seeds", "8", "--batch-rows", "32",
+                                                  "--actors", "2"]),
         ("sft", w / "sft" / "summary.json", ["train", "sft", "--data", str(w / "labels" / "rows"),
                                              "--min-pick-score", "12", "--output",
                                              str(w / "sft"), "--model", str(w / "lm"), "--epochs",
