@@ -54,7 +54,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
         ("init-lm4", w / "lm4", ["world", "init-lm", "--output", str(w / "lm4"), "--layers", "4"]),
         ("label", w / "labels" / "metrics.json", ["label", "--input", str(w / "pairs.parquet"), "--output",
                                                   str(w / "labels"), *SCORERS, "--seeds", "8", "--batch-rows", "32",
-                                                  "--actors", "2"]),
+                                                  "--actors", "2", "--rows-per-shard", "2500"]),
         ("sft", w / "sft" / "summary.json", ["train", "sft", "--data", str(w / "labels" / "rows"),
                                              "--min-pick-score", "12", "--output",
                                              str(w / "sft"), "--model", str(w / "lm"), "--epochs",

@@ -19,10 +19,10 @@ PAIRS = [
 ]
 
 
-def pairs_bytes(rows):
+def pairs_bytes(rows, row_group_size=None):
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("raw_prompt", pa.string()), ("prompt", pa.string())])),
-                   sink)
+                   sink, row_group_size=row_group_size)
     return sink.getvalue().to_pybytes()
 
 
@@ -76,18 +76,28 @@ def test_label_local_matches_manual_scores_and_feeds_reward_training(ray_cluster
     assert metrics["pick_score"]["mean"] == pytest.approx(rows["pick_score"].mean(), abs=1e-5)
 
 
-def test_label_on_s3(ray_cluster, s3_env, scorer_flags):
+def test_label_on_s3_one_file_split_by_row_groups(ray_cluster, s3_env, scorer_flags):
+    """--rows-per-shard cuts one Parquet file into shards of whole row groups (one per actor, resumable
+    each); the default keys stay the file's row numbers, as without the split."""
     bucket = s3_env.make_bucket("label-pairs")
     client = s3_env.client()
-    client.put_object(Bucket=bucket, Key="pairs.parquet", Body=pairs_bytes(PAIRS[0] + PAIRS[1]))
+    client.put_object(Bucket=bucket, Key="pairs.parquet", Body=pairs_bytes(PAIRS[0] + PAIRS[1], row_group_size=2))
     assert main(["label", "--input", f"s3://{bucket}/pairs.parquet", "--output", f"s3://{bucket}/labels",
-                 "--seeds", "1", *scorer_flags]) == 0
+                 "--seeds", "1", "--rows-per-shard", "2", *scorer_flags]) == 0
     out = StorageOptions.from_env().resolve(f"s3://{bucket}/labels")
     rows = pd.read_parquet(out.child("rows").path, filesystem=out.fs)
     assert sorted(rows["key"]) == ["pairs:0", "pairs:1", "pairs:3"]
+    assert dict(zip(rows["key"], rows["shard"])) == {"pairs:0": "pairs@00000", "pairs:1": "pairs@00000",
+                                                     "pairs:3": "pairs@00001"}
+    assert dict(zip(rows["key"], rows["raw_prompt"]))["pairs:3"] == "a robot"
     assert (rows["pick_score_std"] == 0).all() and rows["pick_score"].notna().all()
+    rejects = pd.read_parquet(out.child("rejects").path, filesystem=out.fs)
+    assert list(zip(rejects["key"], rejects["shard"])) == [("pairs:2", "pairs@00001")]
     summary = json.loads(out.child("summary.json").read_text())
     assert summary["totals"] == {"records": 4, "rows": 3, "rejects": 1, "balanced": True}
+    assert summary["shards"]["total"] == 2
+    manifest = json.loads(out.child("_job.json").read_text())
+    assert manifest["settings"]["rows_per_shard"] == 2
 
 
 def test_label_aesthetic_weights_checked_before_any_work(tmp_path, scorer_flags, capsys):

@@ -212,6 +212,20 @@ def test_build_pairs_with_the_rule_summariser(tmp_path):
     assert read_prompt_table(path)["prompt"].tolist() == HIGH
 
 
+def test_pairs_file_splits_into_row_group_shards(tmp_path):
+    """write_pairs keeps row groups small, so one pairs file spreads over several actors with
+    `label --rows-per-shard N` (one row group of 1M rows made a 9,860-pair file one shard)."""
+    from pipelines.io.prompt_tables import find_tables
+    from pipelines.io.storage import StorageOptions
+
+    pairs = pd.DataFrame({"raw_prompt": [f"a star {i}" for i in range(25)], "prompt": ["a red star"] * 25})
+    path = write_pairs(pairs, tmp_path / "pairs.parquet", row_group_size=10)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    shards = find_tables(StorageOptions().resolve(str(path)), "parquet", rows_per_shard=10)
+    assert [s.id for s in shards] == ["pairs@00000", "pairs@00001", "pairs@00002"]
+    assert pq.ParquetFile(write_pairs(pairs, tmp_path / "default.parquet")).metadata.num_row_groups == 1  # 1000
+
+
 class FakeCaptioner:
     """Implements the Captioner protocol: 'a photo of <colour>' from the image's mean colour."""
 

@@ -283,12 +283,13 @@ def _caption_pairs(high, cfg, captioner, load, candidates, reject, on_progress):
             on_progress("caption", len(rows))
 
 
-def write_pairs(pairs: pd.DataFrame, path: str | Path) -> Path:
-    """Write pairs (or rejects) as one Parquet file, creating parent folders."""
+def write_pairs(pairs: pd.DataFrame, path: str | Path, row_group_size: int = 1000) -> Path:
+    """Write pairs (or rejects) as one Parquet file, creating parent folders. Row groups of
+    ``row_group_size`` rows let ``label --rows-per-shard`` spread one file over several actors."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path)
+    pq.write_table(pa.Table.from_pandas(pairs, preserve_index=False), path, row_group_size=row_group_size)
     return path

@@ -7,7 +7,8 @@
     promptmine train reward --data s3://b/labelled/rows ...
 
 Each job runs on the resumable shard machinery of ``mine`` (shard_job.py): one Parquet input file is
-one shard, rows/ rejects/ stats/ per shard, a rerun skips finished shards and refuses other settings.
+one shard (eval rewrite and label: with --rows-per-shard N, each run of its row groups of about N rows),
+rows/ rejects/ stats/ per shard, a rerun skips finished shards and refuses other settings.
 After the shards, the job reads its rows back and writes ``metrics.json`` (means with 95% confidence
 intervals; also added to summary.json) and prints it. The defaults are the papers' models:
 PEZ: SD 2.1-base, guidance 9, 25 steps, 5 seeds, reference CLIP ViT-g-14; BeautifulPrompt: SD 1.5,
@@ -16,10 +17,11 @@ PEZ: SD 2.1-base, guidance 9, 25 steps, 5 seeds, reference CLIP ViT-g-14; Beauti
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
-from pipelines.jobs.cli import actor_threads, storage_options
+from pipelines.jobs.cli import actor_threads, add_rows_per_shard, storage_options
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +140,15 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
               "threads": actor_threads(args), "device": args.device}
     settings = {k: v for k, v in scorer.items() if k not in ("threads", "device")}
     settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column, **extra})
+    settings["rows_per_shard"] = args.rows_per_shard
     return ShardJob(
         name=name, unit="prompts", processor=processor,
         processor_kwargs={"scorer": scorer, "raw_column": args.raw_column, "prompt_column": args.prompt_column,
                           "batch_rows": args.batch_rows, **extra},
         row_schema=schema, settings=settings, reader=read_columns,
-        reader_kwargs={"text_columns": [args.raw_column, args.prompt_column]}, find=find_tables)
+        reader_kwargs={"text_columns": [args.raw_column, args.prompt_column]},
+        find=functools.partial(find_tables, rows_per_shard=args.rows_per_shard),
+        setting_defaults={"rows_per_shard": 0})  # outputs from before the flag resume unsplit
 
 
 def cmd_rewrite(args) -> int:
@@ -250,6 +255,7 @@ def register(sub) -> None:
                     "against the RAW prompt: PickScore, LAION aesthetic score, CLIP score.")
     _io_args(rw, f"prompt pairs: {TABLE_HELP}")
     _bp_scorer_args(rw)
+    add_rows_per_shard(rw)
     rw.add_argument("--clip-score-model", default=DEFAULT_CLIP_SCORE_MODEL, metavar="CLIP",
                     help=f"CLIP for the text-image CLIP score (default {DEFAULT_CLIP_SCORE_MODEL})")
     add_generation_args(rw, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=1)
@@ -263,6 +269,7 @@ def register(sub) -> None:
                     "`promptmine train reward --data OUTPUT/rows` reads.")
     _io_args(lb, f"prompt pairs: {TABLE_HELP}")
     _bp_scorer_args(lb)
+    add_rows_per_shard(lb)
     lb.add_argument("--judge", choices=("raw", "prompt"), default="raw",
                     help="text PickScore compares each image with (BeautifulPrompt: the raw prompt)")
     add_generation_args(lb, BEAUTIFULPROMPT_GENERATOR, steps=20, guidance=7.5, size=None, seeds=8)

@@ -257,8 +257,9 @@ def read_columns(shard: Shard, loc: Location, text_columns: list[str],
                  optional_columns: list[str] = ()) -> Iterator[dict]:
     """Records ``{"key", <columns>, "error"}`` of a Parquet table with several text columns (a job's rows:
     the evaluation jobs read prompts and baselines side by side); the key is the ``key`` column's value,
-    else ``<shard>:<row index>`` as above; a null or empty required text or a repeated key becomes the
+    else ``<file>:<row index>`` as above (a shard of row groups reads only those); a null or empty required text or a repeated key becomes the
     record's error."""
+    file_id, loc, row_groups, index = _part(shard, loc)
     pf = open_parquet(shard.uri, loc)
     names = pf.schema_arrow.names
     missing = [c for c in text_columns if c not in names]
@@ -266,10 +267,10 @@ def read_columns(shard: Shard, loc: Location, text_columns: list[str],
         raise ShardError(f"{shard.uri}: no column(s) {', '.join(missing)} (columns: {', '.join(names)})")
     columns = list(dict.fromkeys([*text_columns, *[c for c in optional_columns if c in names]]))
     columns += ["key"] if "key" in names else []
-    index, seen = 0, set()
-    for batch in pf.iter_batches(batch_size=1024, columns=columns):
+    seen = set()
+    for batch in pf.iter_batches(batch_size=1024, columns=columns, row_groups=row_groups):
         for row in batch.to_pylist():
-            key = str(row["key"]) if row.get("key") is not None else f"{shard.id}:{index}"
+            key = str(row["key"]) if row.get("key") is not None else f"{file_id}:{index}"
             index += 1
             empty = [c for c in text_columns if not isinstance(row.get(c), str) or not row[c].strip()]
             error = f"empty {empty[0]}" if empty else None

@@ -34,6 +34,14 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
                         "worker with --address, forward on a local Ray")
 
 
+def add_rows_per_shard(p) -> None:
+    """--rows-per-shard: Parquet files cut into shards of whole row groups (rewrite, eval rewrite, label)."""
+    p.add_argument("--rows-per-shard", type=int, default=0, metavar="N",
+                   help="split Parquet files into shards of whole row groups of about N rows (parallelism and "
+                        "resume inside one big file, e.g. DiffusionDB's metadata.parquet); default 0: a file "
+                        "is a shard")
+
+
 def actor_threads(args) -> int:
     """Torch threads per actor: the flag, else 1 on CPU (actors share the cores), else torch's default."""
     return args.threads or (1 if not args.gpus_per_actor else 0)

@@ -157,7 +157,7 @@ def cmd_rewrite(args) -> int:
 
 
 def register(sub) -> None:
-    from pipelines.jobs.cli import add_job_args
+    from pipelines.jobs.cli import add_job_args, add_rows_per_shard
     from pipelines.rewrite.args import add_generation_args
 
     p = sub.add_parser(
@@ -173,10 +173,7 @@ def register(sub) -> None:
     p.add_argument("--prompt-column", default="prompt", help="column / JSON field of the prompts (default: prompt)")
     p.add_argument("--key-column", metavar="KEY",
                    help="column of unique row keys (e.g. image_name); default: <file>:<row index>")
-    p.add_argument("--rows-per-shard", type=int, default=0, metavar="N",
-                   help="split Parquet files into shards of whole row groups of about N rows (parallelism and "
-                        "resume inside one big file, e.g. DiffusionDB's metadata.parquet); default 0: a file "
-                        "is a shard")
+    add_rows_per_shard(p)
     add_generation_args(p, on_workers=True)
     add_job_args(p)
     p.set_defaults(func=cmd_rewrite)
