@@ -71,7 +71,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
           "--reward-aes", str(w / "r_aes" / "model"),
           "--alpha", str(alpha), "--max-steps", str(s["ppo_steps"]), "--rollouts-per-step", str(s["rollouts"]),
           "--chunk-size", str(s["rollouts"]), "--minibatch-size", str(s["minibatch"]), "--ppo-epochs", "4",
-          "--num-layers-unfrozen", "-1", "--lr", "2e-4", "--max-new-tokens", "40", "--kl-horizon", "2000",
+          "--num-layers-unfrozen", "-1", "--lr", "5e-5", "--max-new-tokens", "40", "--kl-horizon", "2000",
           "--eval-interval", str(max(1, s["ppo_steps"] // 4)), "--eval-prompts", "32", "--checkpoint-every", "1000",
           *train]),
         *[(f"rewrite-{m}", w / f"rw_{m}" / "summary.json",
