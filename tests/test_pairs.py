@@ -223,7 +223,8 @@ def test_pairs_file_splits_into_row_group_shards(tmp_path):
     assert pq.ParquetFile(path).metadata.num_row_groups == 3
     shards = find_tables(StorageOptions().resolve(str(path)), "parquet", rows_per_shard=10)
     assert [s.id for s in shards] == ["pairs@00000", "pairs@00001", "pairs@00002"]
-    assert pq.ParquetFile(write_pairs(pairs, tmp_path / "default.parquet")).metadata.num_row_groups == 1  # 1000
+    many = pd.concat([pairs] * 100, ignore_index=True)  # 2,500 rows: row groups of 1,000 by default
+    assert pq.ParquetFile(write_pairs(many, tmp_path / "default.parquet")).metadata.num_row_groups == 3
 
 
 class FakeCaptioner:

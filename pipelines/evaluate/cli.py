@@ -139,8 +139,8 @@ def _table_job(args, name: str, processor, schema, extra: dict, clip: str | None
     scorer = {**_scorer_kwargs(args, clip), "generation": generation, "seeds": seeds,
               "threads": actor_threads(args), "device": args.device}
     settings = {k: v for k, v in scorer.items() if k not in ("threads", "device")}
-    settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column, **extra})
-    settings["rows_per_shard"] = args.rows_per_shard
+    settings.update({"raw_column": args.raw_column, "prompt_column": args.prompt_column,
+                     "rows_per_shard": args.rows_per_shard, **extra})
     return ShardJob(
         name=name, unit="prompts", processor=processor,
         processor_kwargs={"scorer": scorer, "raw_column": args.raw_column, "prompt_column": args.prompt_column,

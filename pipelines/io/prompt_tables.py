@@ -257,8 +257,8 @@ def read_columns(shard: Shard, loc: Location, text_columns: list[str],
                  optional_columns: list[str] = ()) -> Iterator[dict]:
     """Records ``{"key", <columns>, "error"}`` of a Parquet table with several text columns (a job's rows:
     the evaluation jobs read prompts and baselines side by side); the key is the ``key`` column's value,
-    else ``<file>:<row index>`` as above (a shard of row groups reads only those); a null or empty required text or a repeated key becomes the
-    record's error."""
+    else ``<file>:<row index>`` as above (a shard of row groups reads only those); a null or empty required
+    text or a repeated key becomes the record's error."""
     file_id, loc, row_groups, index = _part(shard, loc)
     pf = open_parquet(shard.uri, loc)
     names = pf.schema_arrow.names
