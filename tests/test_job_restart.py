@@ -2,6 +2,9 @@
 not yet returned; a shard whose marker was written but whose result never reached the driver is neither
 redone nor lost. Other errors are not retried."""
 
+import dataclasses
+import json
+import pickle
 import time
 
 import pyarrow as pa
@@ -12,6 +15,7 @@ import pipelines.jobs.shard_job as sj
 from pipelines.io.samples import sample_records, webdataset_bytes
 from pipelines.io.storage import StorageOptions
 from pipelines.jobs.shard_job import ShardJob, ShardJobConfig, run_shard_job
+from pipelines.jobs.stages import _ShardWorker
 
 
 def _schema():
@@ -90,3 +94,81 @@ _REAL = sj._stream
 def test_max_job_restarts_is_validated():
     with pytest.raises(ValueError, match="max_job_restarts"):
         ShardJobConfig(input_uri="a", output_uri="b", max_job_restarts=-1)
+
+
+def _dropping_stream(real, calls, drop=2):
+    """The real stream, except that on its first call the last ``drop`` pending shards never run and the
+    stream ends without them and without an error: what Ray Data does when it drops a lost node's block
+    under max_errored_blocks."""
+
+    def stream(job, cfg, options, pending, run_id):
+        calls.append(sorted(s.id for s in pending))
+        yield from real(job, cfg, options, pending[:-drop] if len(calls) == 1 else pending, run_id)
+
+    return stream
+
+
+def test_shards_dropped_while_a_node_died_are_restarted(ray_cluster, tmp_path, monkeypatch):
+    """Catches: a stream that ends without some shards is taken as finished although a node died (the
+    flaky multinode failure: those shards recorded lost, exit 1), or the restart redoes returned shards."""
+    job, cfg = _job(tmp_path, shards=6, node_loss_wait=7.5)
+    calls, waits = [], []
+    monkeypatch.setattr(sj, "_stream", _dropping_stream(_REAL, calls))
+    monkeypatch.setattr(sj, "lost_nodes", lambda before, wait: waits.append(wait) or {"f" * 56})
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    assert summary["complete"] and summary["shards"]["done"] == 6 and summary["totals"]["balanced"], summary
+    assert calls == [[f"{s:05d}" for s in range(6)], ["00004", "00005"]] and waits == [7.5]
+    assert summary["totals"]["records"] == 12
+
+
+def test_shards_missing_with_every_node_alive_are_lost_not_restarted(ray_cluster, tmp_path, monkeypatch):
+    """Catches: restarting a stream whose missing shards are poison (no node died): each restart would
+    spend their attempts again."""
+    job, cfg = _job(tmp_path, shards=4)
+    calls = []
+    monkeypatch.setattr(sj, "_stream", _dropping_stream(_REAL, calls))
+    monkeypatch.setattr(sj, "lost_nodes", lambda before, wait: set())
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    assert len(calls) == 1 and not summary["complete"] and summary["shards"]["done"] == 2
+    assert sorted(f["shard"] for f in summary["failed_shards"]) == ["00002", "00003"]
+    assert all(f["error"].startswith("lost:") for f in summary["failed_shards"])
+
+
+def test_lost_nodes_waits_for_ray_to_declare_a_node_dead(monkeypatch):
+    import pipelines.jobs.node_loss as nl
+
+    views = iter([{"a", "b"}, {"a", "b"}, {"a"}])
+    monkeypatch.setattr(nl, "alive_nodes", lambda: next(views))
+    assert nl.lost_nodes({"a", "b"}, wait=5, poll=0.01) == {"b"}  # dead on the third look
+    monkeypatch.setattr(nl, "alive_nodes", lambda: {"a", "b"})
+    t0 = time.monotonic()
+    assert nl.lost_nodes({"a", "b"}, wait=0.2, poll=0.01) == set() and time.monotonic() - t0 >= 0.2
+    t0 = time.monotonic()
+    assert nl.lost_nodes({"a"}, wait=60, poll=0.01) == set() and time.monotonic() - t0 < 1  # one node: no wait
+
+
+class MustNotRun:
+    def __call__(self, shard_id, records):
+        raise AssertionError(f"shard {shard_id} processed again")
+
+
+def test_a_shard_this_run_already_wrote_is_not_redone(ray_cluster, tmp_path):
+    """Ray re-runs a finished task whose result was lost with its node (lineage reconstruction) or retries
+    one whose actor died after writing the marker: the worker returns the marker's counts instead of
+    running the model again. Catches: the worker redoes it (GPU time spent twice, its stats rewritten)."""
+
+    job, cfg = _job(tmp_path, shards=2)
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    marker = tmp_path / "out" / "stats" / "00001_stats.json"
+    stats = json.loads(marker.read_text())
+    again = dataclasses.replace(job, processor=MustNotRun)
+    shard = {"id": "00001", "uri": stats["input"], "format": stats["format"], "size": stats["bytes"],
+             "mtime": stats["mtime"]}
+    worker = _ShardWorker(again, StorageOptions(), str(tmp_path / "out"), run_id=summary["run_id"])
+    result = worker._one(json.dumps(shard), b"", "", 0.0)
+    assert result == {"shard": "00001", "size": stats["bytes"], "processed": 2, "records": 2, "rows": 2,
+                      "rejects": 0, "error": ""}
+    assert json.loads(marker.read_text()) == stats  # not rewritten
+    other = _ShardWorker(again, StorageOptions(), str(tmp_path / "out"), run_id="another-run")
+    assert "processed again" in other._one(json.dumps(shard), pickle.dumps([{"key": "k"}]), "", 0.0)["error"]
+

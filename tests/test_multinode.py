@@ -228,7 +228,8 @@ def test_mining_spreads_over_worker_nodes_and_survives_losing_one(tmp_path):
         assert again.returncode == 0 and f"{SHARDS} already done, 0 to do" in again.stdout, again.stderr[-2000:]
         assert _stats(out) == stats
         print(f"cluster up {t_cluster - t0:.0f} s, first shard {t_first - t_cluster:.0f} s, rest after the kill "
-              f"{t_done - t_first:.0f} s, rerun {time.monotonic() - t_done:.0f} s")  # shown with pytest -s
+              f"{t_done - t_first:.0f} s, rerun {time.monotonic() - t_done:.0f} s, "
+              f"stream restarts {stderr.count('restarting over')}")  # shown with pytest -s
     finally:
         cluster.shutdown()
         shutil.rmtree(root, ignore_errors=True)

@@ -33,6 +33,7 @@ from pipelines.jobs.markers import (MARKER_SUFFIX, changed_since_done, clean_tmp
                                     tmp_dir)
 from pipelines.jobs.credentials import expiring, start_broker
 from pipelines.jobs.lease import Lease, LeaseHeld
+from pipelines.jobs.node_loss import alive_nodes, is_system_error, lost_nodes
 from pipelines.jobs.progress import Progress, format_summary
 from pipelines.jobs.summary import build_summary, reason_class  # noqa: F401 (reason_class: API)
 from pipelines.io.shards import Shard, ShardError, find_shards, read_shard
@@ -80,6 +81,9 @@ class ShardJobConfig:
     on_changed: str = "redo"  # a done shard whose input changed since: redo (default) | refuse
     max_shard_retries: int = 2  # retries of a shard whose actor died; then it is recorded as failed (a poison shard)
     max_job_restarts: int = 2  # restarts of the whole stream after a Ray system error (a node lost mid-job)
+    # when a stream ends without some shards: seconds to wait for Ray to declare a node dead (then the
+    # stream restarts over them) before they are recorded as lost; only on clusters of several nodes
+    node_loss_wait: float = 30.0
     wait_lease: float = 0.0  # seconds to wait for another driver's lease on the output; 0 = refuse at once
     lease_seconds: float = 60.0  # lease TTL: a driver silent this long is taken for dead (renewed every ttl/3)
 
@@ -97,6 +101,8 @@ class ShardJobConfig:
                              f"{self.lease_seconds}")
         if self.max_job_restarts < 0:
             raise ValueError(f"max_job_restarts must be >= 0, got {self.max_job_restarts}")
+        if self.node_loss_wait < 0:
+            raise ValueError(f"node_loss_wait must be >= 0 seconds, got {self.node_loss_wait}")
         if self.max_shard_retries < 0:
             raise ValueError(f"max_shard_retries must be >= 0, got {self.max_shard_retries}")
         if self.max_reads_in_flight < 0:
@@ -195,29 +201,17 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         ctx.max_errored_blocks = budget
 
 
-# Ray's errors that say the cluster lost something (a node, an actor, an object), not that a shard is bad
-_SYSTEM_ERRORS = ("ActorUnavailableError", "ActorDiedError", "NodeDiedError", "ObjectLostError",
-                  "OwnerDiedError", "WorkerCrashedError", "RaySystemError", "ObjectReconstructionFailedError")
-
-
-def _system_error(e: BaseException) -> bool:
-    seen = set()
-    while e is not None and id(e) not in seen:  # Ray Data wraps the cause; look down the chain
-        seen.add(id(e))
-        if any(c.__name__ in _SYSTEM_ERRORS for c in type(e).__mro__):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: set, failed: list) -> None:
     """Stream ``pending`` through Ray, recording each returned shard in ``returned`` / ``failed``.
-    After a Ray system error (a worker node died under an actor), restart the stream over the shards
-    not yet returned, at most ``cfg.max_job_restarts`` times: a shard whose marker was written but whose
-    result never reached the driver counts as done (read back from its marker), so none is redone and
-    none is lost; any other error, or one restart too many, propagates."""
+    When a worker node died under the stream (a Ray system error stopped it, or it ended without some
+    shards while a node that was alive at its start is now dead: node_loss.py), restart it over the
+    shards not yet returned, at most ``cfg.max_job_restarts`` times: a shard whose marker was written
+    but whose result never reached the driver counts as done (read back from its marker), so none is
+    redone and none is lost. Any other error, or one restart too many, propagates; shards missing with
+    every node alive (a poison shard) are left for the caller to record as lost."""
     todo, restarts = pending, 0
     while todo:
+        nodes = alive_nodes()
         try:
             for result in _stream(job, cfg, options, todo, run_id):
                 returned.add(result["shard"])
@@ -225,18 +219,27 @@ def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: se
                     failed.append({"shard": result["shard"], "error": result["error"]})
                 progress.update(int(result["records"]), int(result["rejects"]), int(result["size"]),
                                 failed=bool(result["error"]), processed=int(result["processed"]))
-            return
         except Exception as e:  # noqa: BLE001 -- only Ray's system errors restart; the rest propagate
-            if restarts >= cfg.max_job_restarts or not _system_error(e):
+            if restarts >= cfg.max_job_restarts or not is_system_error(e):
                 raise
-            restarts += 1
-            for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
-                returned.add(sid)
-                progress.update(int(st["records"]), int(st["rejects"]), int(st["bytes"]))
-            todo = [s for s in pending if s.id not in returned]
-            log.warning("%s: Ray lost part of the cluster (%s: %s); restarting over the %d shards not yet done "
-                        "(restart %d of at most %d)", job.name, type(e).__name__, str(e).splitlines()[0][:200],
-                        len(todo), restarts, cfg.max_job_restarts)
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        else:
+            missing = [s for s in todo if s.id not in returned]
+            if not missing or restarts >= cfg.max_job_restarts:
+                return
+            gone = lost_nodes(nodes, cfg.node_loss_wait)
+            if not gone:
+                return
+            why = f"{_count(sorted(gone), 'node')} died ({_some([g[:8] for g in sorted(gone)])}) and the stream ended without " \
+                  f"{_count(missing, 'shard')}"
+        restarts += 1
+        for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
+            returned.add(sid)
+            progress.update(int(st["records"]), int(st["rejects"]), int(st["bytes"]),
+                            processed=int(st.get("processed", st["records"])))
+        todo = [s for s in pending if s.id not in returned]
+        log.warning("%s: Ray lost part of the cluster (%s); restarting over the %d shards not yet done "
+                    "(restart %d of at most %d)", job.name, why, len(todo), restarts, cfg.max_job_restarts)
 
 
 def run_shard_job(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, echo=print) -> dict:

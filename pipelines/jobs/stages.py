@@ -80,6 +80,11 @@ class _ShardWorker:
             self.options = refreshed(self.options, self.broker)
             self.out = self.options.resolve(self.output_uri)
         base = {"shard": shard.id, "size": shard.size, "processed": 0}
+        done = self._done_by_this_run(shard)
+        if done is not None:  # a retry or a lineage re-execution after a lost node: the work is in the output
+            log.info("shard %s: already done by this run on %s; not redone", shard.id, done.get("worker"))
+            return {**base, "records": done["records"], "processed": done.get("processed", done["records"]),
+                    "rows": done["rows"], "rejects": done["rejects"], "error": ""}
         if read_error:
             log.warning("shard %s failed to read: %s", shard.id, read_error)
             return {**base, "records": 0, "rows": 0, "rejects": 0, "error": read_error}
@@ -87,13 +92,22 @@ class _ShardWorker:
         start = time.monotonic()
         try:
             rows, rejects = self._process(shard, records)
-            self._write(shard, records, rows, rejects, read_seconds, time.monotonic() - start)
+            processed = sum(1 for r in records if not r.get("error"))  # reached the processor (the model)
+            self._write(shard, records, rows, rejects, processed, read_seconds, time.monotonic() - start)
         except Exception as e:  # noqa: BLE001 -- the shard fails (no marker: a rerun retries it); the job goes on
             log.exception("shard %s failed", shard.id)
             return {**base, "records": len(records), "rows": 0, "rejects": 0, "error": f"{type(e).__name__}: {e}"}
-        processed = sum(1 for r in records if not r.get("error"))  # reached the processor (the model)
         return {**base, "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
                 "error": ""}
+
+    def _done_by_this_run(self, shard: Shard) -> dict | None:
+        """The shard's marker when this run already wrote it (Ray re-runs a task whose result was lost with
+        a node, and retries one whose actor died after the marker was written), else None."""
+        marker = marker_file(self.out, shard.id)
+        if not self.run_id or not marker.exists():
+            return None
+        stats = json.loads(marker.read_text())
+        return stats if stats.get("run_id") == self.run_id else None
 
     def _process(self, shard: Shard, records: list[dict]) -> tuple[list[dict], list[dict]]:
         good = [r for r in records if not r.get("error")]
@@ -106,7 +120,7 @@ class _ShardWorker:
                                f"for {len(records)} records: keys do not match")
         return rows, rejects
 
-    def _write(self, shard, records, rows, rejects, read_seconds, seconds) -> None:
+    def _write(self, shard, records, rows, rejects, processed, read_seconds, seconds) -> None:
         reasons: dict[str, int] = {}
         for r in rejects:
             reasons[reason_class(r["reason"])] = reasons.get(reason_class(r["reason"]), 0) + 1
@@ -116,7 +130,8 @@ class _ShardWorker:
         rows_file(self.out, shard.id).write_bytes(_parquet_bytes(rows, self.job.row_schema()), tmp)
         rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
         stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size, "mtime": shard.mtime,
-                 "records": len(records), "rows": len(rows), "rejects": len(rejects), "reject_reasons": reasons,
+                 "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
+                 "reject_reasons": reasons,
                  "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
                  "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         if hasattr(self.processor, "shard_stats"):  # e.g. mining's batch occupancy counts
