@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -152,6 +153,40 @@ def deploy(port: int, max_batch_size: int, args) -> str:
     return f"http://127.0.0.1:{port}"
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr for the block, so that stdout carries only the JSON report: Ray and
+    Serve log to stdout, and the processes Ray starts inherit the descriptor."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def local_runs(report: dict, args, headers: dict) -> None:
+    """Start a local Ray and Serve, deploy at each batch size and load it; appends to report["runs"]."""
+    import ray
+    from ray import serve
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
+    try:
+        for size in [args.max_batch_size] + ([args.compare_batch_size] if args.compare_batch_size else []):
+            url = deploy(port, size, args)
+            report["runs"].append(run_load(url, args, headers))
+            print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="an app already running (default: deploy the tiny app locally)")
@@ -180,21 +215,8 @@ def main(argv=None) -> int:
     if args.url:
         report["runs"].append(run_load(args.url.rstrip("/"), args, headers))
     else:
-        import ray
-        from ray import serve
-
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 120})
-        try:
-            for size in [args.max_batch_size] + ([args.compare_batch_size] if args.compare_batch_size else []):
-                url = deploy(port, size, args)
-                report["runs"].append(run_load(url, args, headers))
-                print(json.dumps(report["runs"][-1]), file=sys.stderr, flush=True)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+        with stdout_to_stderr():  # Ray's and Serve's log lines, here and in the processes it starts
+            local_runs(report, args, headers)
     if len(report["runs"]) == 2:
         a, b = report["runs"]
         report["throughput_ratio"] = round(a["throughput_rps"] / b["throughput_rps"], 2)
