@@ -33,7 +33,8 @@ def build_app(args: AppArgs) -> Application:
     rewrite = RewriteModel.options(user_config=args.rewrite_batch().model_dump(), **model_options).bind(
         args.resolved_rewrite_model(), args.rewrite_template, args.device, args.torch_threads)
     invert = InvertModel.options(user_config=args.invert_batch().model_dump(), **model_options).bind(
-        clip, pretrained, args.device, args.torch_threads, prompt_lm=args.resolved_prompt_lm(), fluency=args.fluency)
+        clip, pretrained, args.device, args.torch_threads, prompt_lm=args.resolved_prompt_lm(), fluency=args.fluency,
+        max_groups=args.invert_max_groups)
     return Ingress.options(max_ongoing_requests=args.ingress_max_ongoing_requests,
                            max_queued_requests=args.ingress_max_queued_requests,
                            ray_actor_options={"num_cpus": INGRESS_NUM_CPUS},

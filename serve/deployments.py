@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ray import serve
 
-from .invert_engine import IDLE_EXIT_S, Expired, InvertEngine
+from .invert_engine import IDLE_EXIT_S, Expired, GroupsBusy, InvertEngine
 from .settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class InvertModel(_Batched):
 
     def __init__(self, clip: str = "tiny", pretrained: str | None = None, device: str | None = None,
                  torch_threads: int = 1, vocab_cache: int = 8, prompt_lm: str | None = None, fluency: float = 0.0,
-                 idle_s: float = IDLE_EXIT_S):
+                 idle_s: float = IDLE_EXIT_S, max_groups: int = 4):
         from pez_core import load_clip
         from pez_core.prompt_lm import PromptLM
 
@@ -198,7 +198,7 @@ class InvertModel(_Batched):
         self._vocabs: OrderedDict[tuple, object] = OrderedDict()
         self._vocab_lock = threading.Lock()  # requests prepare in worker threads
         self.settings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05)
-        self.engine = InvertEngine(self.clip, slots=self.settings.max_batch_size, idle_s=idle_s)
+        self.engine = InvertEngine(self.clip, slots=self.settings.max_batch_size, idle_s=idle_s, max_groups=max_groups)
         self._vocabulary(((), ()))  # build the default candidate table now, not on the first request
 
     def reconfigure(self, config: dict) -> None:
@@ -246,6 +246,11 @@ class InvertModel(_Batched):
             return ready
         try:
             result, batch_size = await self.engine.run(group, ready["cfg"], ready["vocab"], ready["target"], deadline)
+        except GroupsBusy as e:
+            return error(503, f"every PEZ group of this replica (invert_max_groups={e.max_groups}) stayed busy with "
+                              "other settings (steps, prompt_len, ban, ban_substring, early_stop, method, fluency) "
+                              "until the time limit; retry, or use the settings of a running group",
+                         type="overloaded")
         except Expired:
             return _expired()
         except Exception as e:  # logged by the worker

@@ -69,7 +69,8 @@ class ModelCaller:
                            type="overloaded", headers={"Retry-After": str(retry_after)}) from e
         if "error" in out:
             e = out["error"]
-            raise ApiError(e["status"], e["message"], e.get("field"), type=e.get("type"))
+            raise ApiError(e["status"], e["message"], e.get("field"), type=e.get("type"),
+                           headers={"Retry-After": str(retry_after)} if e["status"] == 503 else None)
         return out
 
 

@@ -13,6 +13,9 @@ optimiser state and step count, so a prompt is the one ``pez_core.invert`` gives
 * A worker whose feed stays empty for ``idle_s`` ends: the feed closes itself under its lock, so a
   request arriving at that moment gets ``FeedClosed`` and starts a new worker instead of being lost.
 * ``slots`` may change at run time (``user_config``); a change applies to workers started after it.
+* At most ``max_groups`` workers run at once (each is a PEZ batch holding its own activations): a request
+  for a new group while that many are running waits for one to end (idle), or fails with
+  :class:`GroupsBusy` at its deadline.
 * A model error ends that worker and fails every request in it (the next request starts a new one).
 """
 
@@ -30,10 +33,19 @@ from pez_core.stream import invert_stream
 log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 5.0  # a worker with no request for this long ends (and frees its thread)
+GIVE_UP_EARLY_S = 0.2  # a request waiting for a group stops this long before its deadline
 
 
 class Expired(Exception):
     """The request's deadline passed before its prompt was ready."""
+
+
+class GroupsBusy(Expired):
+    """The request's deadline passed while every worker was busy with another group's settings."""
+
+    def __init__(self, max_groups: int):
+        super().__init__(max_groups)
+        self.max_groups = max_groups
 
 
 class _Job:
@@ -108,9 +120,12 @@ class _Worker:
 class InvertEngine:
     """The replica's PEZ workers, one per group key; ``await run(...)`` answers one request."""
 
-    def __init__(self, clip, slots: int = 8, idle_s: float = IDLE_EXIT_S):
-        self.clip, self.slots, self.idle_s = clip, slots, idle_s
+    def __init__(self, clip, slots: int = 8, idle_s: float = IDLE_EXIT_S, max_groups: int = 4):
+        if max_groups < 1:
+            raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+        self.clip, self.slots, self.idle_s, self.max_groups = clip, slots, idle_s, max_groups
         self.workers: dict[tuple, _Worker] = {}
+        self.waiting = 0  # requests waiting for a group worker to end
         self._lock = threading.Lock()  # workers and the counters
         self.streams = self.started = self.answered = self.cancelled = 0
         self.batch_steps = self.occupied_steps = self.slot_capacity_steps = 0
@@ -121,7 +136,7 @@ class InvertEngine:
         worker if it has none). Raises :class:`Expired` at ``deadline`` (time.time()), the worker's error if
         the model failed."""
         job = _Job(asyncio.get_running_loop())
-        worker, index = self._enqueue(key, cfg, vocab, target, job)
+        worker, index = await self._admit(key, cfg, vocab, target, job, deadline)
         try:
             return await asyncio.wait_for(job.future, deadline - time.time())
         except asyncio.TimeoutError:
@@ -137,14 +152,37 @@ class InvertEngine:
         with self._lock:
             self.cancelled += 1
 
-    def _enqueue(self, key, cfg, vocab, target, job) -> tuple[_Worker, int]:
+    async def _admit(self, key, cfg, vocab, target, job, deadline: float) -> tuple[_Worker, int]:
+        """Queue ``target`` on its group's worker, starting one when fewer than ``max_groups`` run; else wait
+        (polling: workers end on their own threads) for one to end, until ``deadline``."""
+        queued = self._enqueue(key, cfg, vocab, target, job)
+        if queued is not None:
+            return queued
+        with self._lock:
+            self.waiting += 1
+        try:
+            give_up = deadline - GIVE_UP_EARLY_S  # so that the answer reaches the caller inside its time limit
+            while (queued := self._enqueue(key, cfg, vocab, target, job)) is None:
+                if time.time() >= give_up:
+                    raise GroupsBusy(self.max_groups)
+                await asyncio.sleep(min(0.02, max(0.0, give_up - time.time())))
+            return queued
+        finally:
+            with self._lock:
+                self.waiting -= 1
+
+    def _enqueue(self, key, cfg, vocab, target, job) -> tuple[_Worker, int] | None:
+        """(worker, index) of ``target`` queued on its group's worker; None when a new worker is needed and
+        ``max_groups`` already run."""
         with self._lock:
             worker = self.workers.get(key)
             if worker is not None:
                 try:
                     return worker, worker.put(target, job)
                 except FeedClosed:  # it went idle just now; its thread is leaving
-                    pass
+                    del self.workers[key]  # ended: it no longer counts against max_groups
+            if len(self.workers) >= self.max_groups:
+                return None
             worker = _Worker(self, key, cfg, vocab)
             self.workers[key] = worker
             self.streams += 1
@@ -173,6 +211,7 @@ class InvertEngine:
         with self._lock:
             workers = list(self.workers.values())
             hist = {str(k): v for k, v in sorted(self.histogram.items())}
+            waiting = self.waiting
             out = {"batches": self.streams, "requests": self.answered, "items": self.started,
                    "max_batch_size_seen": max(self.histogram, default=0), "batch_size_histogram": hist,
                    "batch_steps": self.batch_steps, "occupied_slot_steps": self.occupied_steps,
@@ -180,6 +219,8 @@ class InvertEngine:
                    "mean_slot_occupancy": round(self.occupied_steps / self.slot_capacity_steps, 4)
                    if self.slot_capacity_steps else 0.0}
         out["workers"] = len(workers)
+        out["max_groups"] = self.max_groups
+        out["waiting_for_group"] = waiting
         out["running"] = sum(w.stream.occupied for w in workers if w.stream is not None)
         out["queued"] = sum(len(w.feed) for w in workers)
         return out

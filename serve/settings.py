@@ -80,6 +80,9 @@ class AppArgs(Limits):
                                         "(0.1 s: under load a batch fills before the previous call returns)")
     invert_max_batch_size: int = Field(8, ge=1, le=1024, description="PEZ slots of each group of compatible "
                                        "invert requests (continuous batching: a request joins at the next step)")
+    invert_max_groups: int = Field(4, ge=1, le=64, description="PEZ batches a model replica runs at once, one per "
+                                   "group of settings; a request for another group waits for one to go idle "
+                                   "(then 503 at its time limit)")
     invert_batch_wait_s: float = Field(0.05, ge=0, le=10, description="not used by /v1/invert (a request never "
                                        "waits for a batch to fill); kept in the shared user_config schema")
     max_ongoing_requests: int = Field(64, ge=1, description="requests a model replica holds at once; "

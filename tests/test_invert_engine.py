@@ -53,3 +53,31 @@ def test_a_model_error_is_a_500_named_by_its_type(model, image, monkeypatch):
                              "type": "internal_error"}}
     monkeypatch.undo()
     assert ask(model, image, steps=4)["steps_run"] == 4  # a new worker serves the group
+
+
+def test_groups_beyond_max_groups_wait_for_one_to_end_or_get_a_503(tiny_clip_dir, image):
+    """A replica runs at most ``max_groups`` PEZ batches: a request of a new group waits until a running
+    group goes idle and then runs; one whose time limit passes first gets a 503 naming the setting.
+    Catches: no cap (the second group would start at once), or a waiter never admitted (it would hang to
+    its deadline although the first group ended)."""
+    model = InvertModel.func_or_class(str(tiny_clip_dir), idle_s=0.3, max_groups=1)
+
+    async def two(deadline_b: float, steps_a: int = 40):
+        a = asyncio.create_task(model.invert(image, steps_a, 4, [], 0, time.time() + 60, 10**8, early_stop=False))
+        while not model.engine.workers:  # group A is running
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        b = await model.invert(image, 41, 4, [], 0, time.time() + deadline_b, 10**8)  # another group
+        stats = model.engine.snapshot()
+        return await a, b, time.monotonic() - t0, stats
+
+    a, b, waited, stats = asyncio.run(two(60))
+    assert a["steps_run"] == 40 and b["steps_run"] == 41, (a, b)
+    assert waited > 0.3  # B started only after A's worker went idle
+    assert stats["max_groups"] == 1 and stats["waiting_for_group"] == 0 and stats["batches"] == 2
+    time.sleep(0.5)  # B's worker goes idle and ends
+
+    a, b, waited, _ = asyncio.run(two(1.0, steps_a=600))  # A's 600 steps outlast B's 1 s limit
+    assert a["steps_run"] == 600
+    assert b["error"]["status"] == 503 and "invert_max_groups=1" in b["error"]["message"], b
+    assert b["error"]["type"] == "overloaded" and waited > 0.6  # (the event loop shares the GIL with PEZ: no upper bound)
