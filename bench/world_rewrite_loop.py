@@ -2,6 +2,7 @@
 
     python bench/world_rewrite_loop.py --workdir /tmp/world-loop            # the documented run (docs/training.md)
     python bench/world_rewrite_loop.py --workdir /tmp/wl-toy --scale toy    # plumbing only, a few minutes
+    python bench/world_rewrite_loop.py --workdir /tmp/wl40 --set count=40000 --set sft_epochs=4 --set reward_epochs=3
 
 Stages (each a `promptmine` subprocess; a stage whose output exists is skipped, so a rerun resumes):
 pairs --source world -> world init-lm -> label (world generator, 8 seeds, PickScore stand-in `world-ref`,
@@ -134,11 +135,19 @@ def main() -> None:
     ap.add_argument("--scale", choices=sorted(SCALES), default="full")
     ap.add_argument("--alpha", type=float, default=0.7, help="weight of the PickScore stand-in (0.7)")
     ap.add_argument("--workers", type=int, default=2, help="Ray Train workers per training stage (2)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=N",
+                    help="override one number of the scale (repeatable): " + ", ".join(SCALES["full"]))
     args = ap.parse_args()
+    scale = dict(SCALES[args.scale])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in scale or not value.isdigit() or int(value) < 1:
+            ap.error(f"--set {item!r}: want KEY=N with N >= 1 and KEY one of {', '.join(scale)}")
+        scale[key] = int(value)
     w = args.workdir.resolve()
     w.mkdir(parents=True, exist_ok=True)
     seconds = {}
-    for name, done, cmd in stages(w, SCALES[args.scale], args.alpha, args.workers):
+    for name, done, cmd in stages(w, scale, args.alpha, args.workers):
         if done.exists():
             seconds[name] = "done before"
             continue
@@ -146,7 +155,7 @@ def main() -> None:
         cmd = [str(best if best.is_dir() else w / "ppo" / "model") if c == "{PPO_MODEL}" else c for c in cmd]
         seconds[name] = promptmine(cmd, w / f"{name}.log")
         print(f"{name}: {seconds[name]} s", file=sys.stderr, flush=True)
-    result = {"scale": args.scale, "workdir": str(w), "seconds": seconds, "training": training_facts(w),
+    result = {"scale": args.scale, "settings": scale, "workdir": str(w), "seconds": seconds, "training": training_facts(w),
               "heldout": compare(w, args.alpha)}
     (w / "loop.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
