@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     values = kept + ["rshape", "rcolour", "rbg", "hshape", "hcolour", "hbg", "hsize", "hposition"]
     print(json.dumps({
         "rows": len(df), "raw_prompts": int(df.raw_prompt.nunique()), "held_out": len(held),
-        "pick_score_var": round(float(y.var()), 2), "noise_ceiling_pearson": round(float(np.sqrt(1 - noise / y.var())), 3),
+        "pick_score_var": round(float(y.var()), 2),
+        "noise_ceiling_pearson": round(float(np.sqrt(1 - noise / y.var())), 3),
         "raw_prompt_alone_r2": round(float(1 - ((y - raw_mean) ** 2).mean() / y.var()), 3),
         "pearson_kept_changed": fit(F, y, train, held, kept),
         "pearson_with_values": fit(F, y, train, held, values),

@@ -80,4 +80,4 @@ def test_groups_beyond_max_groups_wait_for_one_to_end_or_get_a_503(tiny_clip_dir
     a, b, waited, _ = asyncio.run(two(1.0, steps_a=600))  # A's 600 steps outlast B's 1 s limit
     assert a["steps_run"] == 600
     assert b["error"]["status"] == 503 and "invert_max_groups=1" in b["error"]["message"], b
-    assert b["error"]["type"] == "overloaded" and waited > 0.6  # (the event loop shares the GIL with PEZ: no upper bound)
+    assert b["error"]["type"] == "overloaded" and waited > 0.6  # no upper bound: the loop shares the GIL with PEZ

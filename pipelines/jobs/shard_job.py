@@ -230,8 +230,8 @@ def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: se
             gone = lost_nodes(nodes, cfg.node_loss_wait)
             if not gone:
                 return
-            why = f"{_count(sorted(gone), 'node')} died ({_some([g[:8] for g in sorted(gone)])}) and the stream ended without " \
-                  f"{_count(missing, 'shard')}"
+            dead = sorted(g[:8] for g in gone)
+            why = f"{_count(dead, 'node')} died ({_some(dead)}) and the stream ended without {_count(missing, 'shard')}"
         restarts += 1
         for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
             returned.add(sid)

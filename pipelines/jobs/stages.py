@@ -131,8 +131,7 @@ class _ShardWorker:
         rejects_file(self.out, shard.id).write_bytes(_parquet_bytes(rejects, reject_schema()), tmp)
         stats = {"shard": shard.id, "input": shard.uri, "format": shard.format, "bytes": shard.size, "mtime": shard.mtime,
                  "records": len(records), "processed": processed, "rows": len(rows), "rejects": len(rejects),
-                 "reject_reasons": reasons,
-                 "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
+                 "reject_reasons": reasons, "read_seconds": round(read_seconds, 3), "process_seconds": round(seconds, 3),
                  "worker": self.host, "run_id": self.run_id, "finished_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
         if hasattr(self.processor, "shard_stats"):  # e.g. mining's batch occupancy counts
             stats["processor"] = self.processor.shard_stats(shard.id)
