@@ -155,8 +155,8 @@ def main() -> None:
         cmd = [str(best if best.is_dir() else w / "ppo" / "model") if c == "{PPO_MODEL}" else c for c in cmd]
         seconds[name] = promptmine(cmd, w / f"{name}.log")
         print(f"{name}: {seconds[name]} s", file=sys.stderr, flush=True)
-    result = {"scale": args.scale, "settings": scale, "workdir": str(w), "seconds": seconds, "training": training_facts(w),
-              "heldout": compare(w, args.alpha)}
+    result = {"scale": args.scale, "settings": scale, "workdir": str(w), "seconds": seconds,
+              "training": training_facts(w), "heldout": compare(w, args.alpha)}
     (w / "loop.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
