@@ -10,7 +10,8 @@ Over N held-out one-object scenes (scene i from the string seed "quality:i", dra
   contains a word of the true value (colour, shape, size, position, background colour, fill, sharpness,
   saturation; quality words count for the sharpness / saturation they stand for), and word precision:
   the share of the prompt's words (whitespace-separated, punctuation-only tokens included) that are world
-  words (``precision_with_glue`` also counts a, the, on, ...);
+  words (``precision_with_glue`` also counts a, the, on, ...; ``content_precision`` leaves those glue words
+  out: of the other words, the share that are world words);
 - ``protocol``: the PEZ paper's evaluation: each prompt -> ``render`` over ``--seeds`` seeds -> cosine
   between the `world-ref` CLIP's features of each image and of the target image (a CLIP not used for
   optimisation), averaged over seeds; mean with a 95% t-interval over scenes, for PEZ prompts, the true

@@ -26,9 +26,9 @@ SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weig
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
     "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
-                 eval_seeds=8),
+                 eval_seeds=8, expansions_pct=0),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
-                eval_seeds=2),
+                eval_seeds=2, expansions_pct=0),
 }
 
 
@@ -49,6 +49,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
     train = ["--workers", str(workers), "--max-length", "96"]
     return [
         ("pairs", w / "pairs.parquet", ["pairs", "--source", "world", "--count", str(s["count"]), "--bad", "0.15",
+                                        "--expansions", str(s["expansions_pct"] / 100),
                                         "--holdout", str(s["holdout"]), "--holdout-output", str(w / "heldout.parquet"),
                                         "--output", str(w / "pairs.parquet")]),
         ("init-lm", w / "lm", ["world", "init-lm", "--output", str(w / "lm")]),
@@ -141,8 +142,8 @@ def main() -> None:
     scale = dict(SCALES[args.scale])
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in scale or not value.isdigit() or int(value) < 1:
-            ap.error(f"--set {item!r}: want KEY=N with N >= 1 and KEY one of {', '.join(scale)}")
+        if key not in scale or not value.isdigit() or int(value) < (0 if key == "expansions_pct" else 1):
+            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100) and KEY one of {', '.join(scale)}")
         scale[key] = int(value)
     w = args.workdir.resolve()
     w.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,38 @@ def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
     assert "--holdout-output" in capsys.readouterr().err
 
 
+def test_world_expansion_pairs_keep_the_raw_prompt_and_say_the_rest(tmp_path):
+    """`pairs --source world --expansions 0.5`: about half the good one-object pairs are expansions, whose
+    prompt starts with the raw prompt word for word and, read by the renderer's parser, names every
+    attribute of the scene the raw prompt leaves unsaid (so it renders one fully specified scene).
+
+    Catches: the raw prompt rewritten instead of kept (prefix check), a left-out attribute (the parsed
+    expansion has a None), or an expansion that contradicts the raw prompt."""
+    from pez_core.world.parse import parse
+
+    assert main(["pairs", "--source", "world", "--count", "400", "--bad", "0.1", "--expansions", "0.5",
+                 "--output", str(tmp_path / "p.parquet")]) == 0
+    pairs = pd.read_parquet(tmp_path / "p.parquet")
+    exp = pairs[pairs["source"] == "world-expansion"]
+    one_object_good = 400 * 0.9 * 0.8  # 10% bad, 20% two-object scenes
+    assert 0.35 * one_object_good < len(exp) < 0.65 * one_object_good
+    for raw, prompt in zip(exp["raw_prompt"], exp["prompt"]):
+        assert prompt.startswith(raw + ", "), (raw, prompt)
+        want, got = parse(raw), parse(prompt)
+        assert len(got.objects) == 1 and got.objects[0].shape == want.objects[0].shape
+        for value in (got.objects[0].colour, got.objects[0].size, got.background, got.fill, got.sharpness,
+                      got.saturation, got.position):
+            assert value is not None, (raw, prompt)
+        for key in ("colour", "size"):
+            assert getattr(want.objects[0], key) in (None, getattr(got.objects[0], key)), (raw, prompt)
+        assert want.background in (None, got.background) and want.position in (None, got.position)
+        assert got.background != got.objects[0].colour  # never invisible
+    with pytest.raises(ValueError, match="expansion"):
+        from pez_core.world.prompts import world_pairs
+
+        world_pairs(10, expansions=1.5)
+
+
 def test_pickscore_standin_prefers_the_true_caption():
     """world-ref's logit_scale * cos: an image scores higher against its own caption than against the same
     caption with the colour or the shape changed (most scenes; mutation checked: cos without the scale

@@ -35,7 +35,13 @@ def words_of(text: str) -> list[str]:
 
 
 def word_scores(prompts: list[str], scenes: list) -> dict:
-    """Recall per attribute and word precision of ``prompts`` for their ``scenes``."""
+    """Recall per attribute and word precision of ``prompts`` for their ``scenes``.
+
+    Three precisions: ``precision`` counts only the world's content / style / quality words as right (glue
+    words such as "a", "the", "on" count as wrong, so the true captions score about 0.75); ``precision_with_glue``
+    counts glue words as right; ``content_precision`` leaves glue words out of the count altogether: of the
+    words that are not glue, the share that are world words (the true captions score 1.0, a prompt padded
+    with junk does not). A prompt that is glue only has no content words and scores 0."""
     from pez_core.world.grammar import FUNCTION_WORDS, WORDS
 
     names = attribute_words()
@@ -44,8 +50,10 @@ def word_scores(prompts: list[str], scenes: list) -> dict:
     all_words = [w for p in prompts for w in words_of(p)]
     precision = sum(w in WORDS for w in all_words) / max(1, len(all_words))
     glue = sum(w in WORDS or w in FUNCTION_WORDS for w in all_words) / max(1, len(all_words))
+    content = [w for w in all_words if w not in FUNCTION_WORDS]
     return {"recall": {a: round(v, 4) for a, v in recall.items()}, "precision": round(precision, 4),
-            "precision_with_glue": round(glue, 4)}
+            "precision_with_glue": round(glue, 4),
+            "content_precision": round(sum(w in WORDS for w in content) / max(1, len(content)), 4)}
 
 
 def caption_bigrams(n: int = 20000, seed: int = 999) -> set[tuple[str, str]]:

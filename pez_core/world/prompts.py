@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from .captions import caption
-from .grammar import COLOURS, POSITIONS, RELATIONS, SHAPES, Obj, Scene
+from .captions import _styles, caption
+from .grammar import COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES, Obj, Scene
 
 TWO_OBJECTS = 0.2  # share of two-object scenes among high-quality prompts
 _POS_WORDS = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
@@ -58,7 +58,11 @@ def low_prompt(scene: Scene, rng: random.Random, detail: bool = False) -> str:
 
 def high_prompt(scene: Scene, rng: random.Random) -> str:
     """A detailed caption of the scene, with a quality word that agrees with its styles 60% of the time."""
-    text = caption(scene, rng)
+    return _with_quality(caption(scene, rng), scene, rng)
+
+
+def _with_quality(text: str, scene: Scene, rng: random.Random) -> str:
+    """``text``, 60% of the time with a quality word that agrees with the scene's styles appended."""
     if rng.random() < 0.6:
         good = [w for w, ok in (("masterpiece", scene.sharpness == "sharp" and scene.saturation == "vivid"),
                                 ("detailed", scene.sharpness == "sharp"), ("hd", scene.sharpness == "sharp"),
@@ -68,16 +72,41 @@ def high_prompt(scene: Scene, rng: random.Random) -> str:
     return text
 
 
-def world_pairs(n: int, seed: int = 0, bad: float = 0.0) -> list[dict]:
+def expansion_prompt(scene: Scene, raw: str, rng: random.Random) -> str:
+    """The raw prompt kept word for word, then what it leaves unsaid about the (one-object) scene, as an
+    LLM asked to expand a prompt writes it (the paper's third pair source): "a red star on the left" ->
+    "a red star on the left, large, blue background, striped, sharp, vivid, hd". Synonyms as in captions;
+    a quality word that agrees with the styles is added as in ``high_prompt``."""
+    from .parse import parse
+
+    said, o = parse(raw), scene.objects[0]
+    obj = said.objects[0] if said.objects else None
+    parts = [] if obj is not None and obj.size else [rng.choice(SIZES[o.size])]
+    parts += [] if obj is not None and obj.colour else [rng.choice(COLOURS[o.colour])]
+    words = [" ".join(parts)] if parts else []
+    if said.position is None and scene.position:
+        words.append(_POS_WORDS[scene.position])
+    if said.background is None:
+        words.append(f"{rng.choice(COLOURS[scene.background])} background")
+    words.append(" ".join(_styles(scene, rng, canonical=False, drop=0.0)))
+    return _with_quality(f"{raw}, {', '.join(words)}", scene, rng)
+
+
+def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0) -> list[dict]:
     """``n`` (raw_prompt, prompt) pairs about random scenes, reproducible per seed.
 
     ``bad``: share of failed prompts, as a scraped table has them: half draw the object in the background's
     colour (invisible), half describe another shape than the raw prompt's. They teach the reward models
-    what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's filter does."""
+    what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's filter does.
+
+    ``expansions``: share of the good one-object pairs whose prompt is ``expansion_prompt`` (the raw prompt
+    word for word, then the rest; source ``world-expansion``) instead of a caption written afresh."""
     if n < 1:
         raise ValueError(f"need at least one pair, got {n}")
     if not 0 <= bad < 1:
         raise ValueError(f"the share of bad pairs must be in [0, 1), got {bad}")
+    if not 0 <= expansions <= 1:
+        raise ValueError(f"the share of expansion pairs must be in [0, 1], got {expansions}")
     rng = random.Random(f"world-pairs:{seed}")
     out = []
     for _ in range(n):
@@ -91,6 +120,9 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0) -> list[dict]:
             else:
                 o, source = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size), "world-other-shape"
             scene = replace(scene, objects=(o, *scene.objects[1:]))
+        elif expansions and len(scene.objects) == 1 and rng.random() < expansions:
+            out.append({"raw_prompt": raw, "prompt": expansion_prompt(scene, raw, rng), "source": "world-expansion"})
+            continue
         out.append({"raw_prompt": raw, "prompt": high_prompt(scene, rng), "source": source})
     return out
 

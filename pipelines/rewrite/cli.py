@@ -42,6 +42,10 @@ def _register_pairs(subparsers) -> None:
     g.add_argument("--bad", type=float, default=0.0,
                    help="world: share of failed prompts (object in the background's colour, or another shape); "
                         "they teach the reward models, `train sft --min-pick-score` filters them (default 0)")
+    g.add_argument("--expansions", type=float, default=0.0,
+                   help="world: share of the good one-object pairs whose prompt keeps the raw prompt word for word "
+                        "and adds what it leaves unsaid ('a red star, large, blue background, striped, sharp'), as "
+                        "an LLM expansion does (source world-expansion; default 0: every prompt a fresh caption)")
     g.add_argument("--holdout", type=int, default=0,
                    help="world: distinct raw prompts held out: their pairs are left out of --output and the "
                         "prompts written to --holdout-output (for `eval rewrite`; default 0)")
@@ -153,7 +157,7 @@ def run_world_pairs(args) -> int:
         raise CLIError("--holdout N needs --holdout-output FILE for the held-out prompts")
     t0 = time.perf_counter()
     try:
-        pairs, held = split_holdout(world_pairs(args.count, args.seed, args.bad), args.holdout, args.seed)
+        pairs, held = split_holdout(world_pairs(args.count, args.seed, args.bad, args.expansions), args.holdout, args.seed)
     except ValueError as e:
         raise CLIError(str(e)) from e
     import pandas as pd
