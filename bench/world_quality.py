@@ -66,7 +66,7 @@ def random_prompts(clip, n: int, length: int, seed: int) -> list[str]:
 
 
 def plot_fluency(out: dict, weights: list[float], lens: list[int], path: str) -> None:
-    """Readability, word precision and regenerated similarity (relative to fluency 0) against the weight."""
+    """Readability, content word precision and regenerated similarity (relative to fluency 0) against the weight."""
     from pipelines.train.plot import line_plot_png
 
     series = {}
@@ -74,7 +74,7 @@ def plot_fluency(out: dict, weights: list[float], lens: list[int], path: str) ->
         names = [f"pez{n}" + (f"-f{w:g}" if w else "") for w in weights]
         base = out["protocol"][f"pez{n}"]["mean"]
         series[f"readability ({n} tokens)"] = [out["pez"][k]["readability"] for k in names]
-        series[f"precision ({n} tokens)"] = [out["pez"][k]["precision"] for k in names]
+        series[f"content word precision ({n} tokens)"] = [out["pez"][k]["content_precision"] for k in names]
         series[f"regenerated / fluency 0 ({n} tokens)"] = [out["protocol"][k]["mean"] / base for k in names]
     xs = list(range(len(weights)))
     Path(path).write_bytes(line_plot_png(xs, series, title="PEZ with the fluency prior (world, "
