@@ -172,3 +172,37 @@ def test_a_shard_this_run_already_wrote_is_not_redone(ray_cluster, tmp_path):
     other = _ShardWorker(again, StorageOptions(), str(tmp_path / "out"), run_id="another-run")
     assert "processed again" in other._one(json.dumps(shard), pickle.dumps([{"key": "k"}]), "", 0.0)["error"]
 
+
+
+@pytest.mark.parametrize("command", ["mine", "label", "rewrite"])
+def test_restart_flags_reach_the_job_config(command):
+    """--max-job-restarts and --node-loss-wait on every shard job's command line set the config the
+    driver runs with (catches a flag parsed but not passed on); a negative value is refused by name."""
+    from pipelines.cli import build_parser
+    from pipelines.jobs.cli import job_config
+
+    base = [command, "--input", "in", "--output", "out"] + (["--model", "m"] if command == "rewrite" else [])
+    args = build_parser().parse_args(base + ["--max-job-restarts", "5", "--node-loss-wait", "2.5"])
+    cfg = job_config(args)
+    assert (cfg.max_job_restarts, cfg.node_loss_wait) == (5, 2.5)
+    default = job_config(build_parser().parse_args(base))
+    assert (default.max_job_restarts, default.node_loss_wait) == (2, 30.0)
+    with pytest.raises(ValueError, match="node_loss_wait"):
+        job_config(build_parser().parse_args(base + ["--node-loss-wait", "-1"]))
+
+
+def test_shards_missing_after_the_restarts_are_spent_say_a_node_died(ray_cluster, tmp_path, monkeypatch):
+    """With --max-job-restarts 0 a stream that ends without 2 shards while a node died records them as
+    lost with that node, the spent restarts and how to resume. Catches the old, wrong reason ("the
+    process working on it died on each of its attempts") for shards that never ran."""
+    job, cfg = _job(tmp_path, shards=4, max_job_restarts=0)
+    calls = []
+    monkeypatch.setattr(sj, "_stream", _dropping_stream(_REAL, calls))
+    monkeypatch.setattr(sj, "lost_nodes", lambda before, wait: {"ab" * 28})
+    summary = run_shard_job(job, cfg, StorageOptions(), echo=lambda *_: None)
+    assert len(calls) == 1 and not summary["complete"] and summary["shards"]["done"] == 2
+    errors = {f["shard"]: f["error"] for f in summary["failed_shards"]}
+    assert sorted(errors) == ["00002", "00003"]
+    for e in errors.values():
+        assert e.startswith("lost with a node: 1 node died (abababab)") and "--max-job-restarts 0" in e, e
+        assert "rerun" in e and "attempts" not in e

@@ -28,6 +28,12 @@ def add_job_args(p, model_noun: str = "model", device: bool = False) -> None:
     r.add_argument("--max-shard-retries", type=int, default=2, metavar="N",
                    help="retries of a shard whose worker died (crash, OOM); then it is recorded as failed "
                         "(summary, failed/<shard>.json) and the job goes on (default 2)")
+    r.add_argument("--max-job-restarts", type=int, default=2, metavar="N",
+                   help="restarts of the whole stream over the shards not yet done after Ray loses part of the "
+                        "cluster (a node, an actor, an object); done shards are not redone (default 2)")
+    r.add_argument("--node-loss-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="when a stream ends with shards missing, wait up to this long for Ray to declare a lost "
+                        "node dead before recording the shards lost (default 30; one-node clusters never wait)")
     r.add_argument("--credentials", choices=("auto", "forward", "worker"), default="auto",
                    help="worker: each node resolves its own AWS chain (roles; nothing secret is shipped); forward: "
                         "workers use the driver's credentials, refreshed before they expire; auto (default): "
@@ -66,7 +72,8 @@ def job_config(args, input_format: str = "auto"):
     return ShardJobConfig(input_uri=args.input, output_uri=args.output, actors=args.actors, cpus_per_actor=cpus,
                           gpus_per_actor=args.gpus_per_actor, input_format=input_format, address=args.address,
                           wait_lease=args.wait_lease, on_changed=args.on_changed,
-                          max_shard_retries=args.max_shard_retries)
+                          max_shard_retries=args.max_shard_retries, max_job_restarts=args.max_job_restarts,
+                          node_loss_wait=args.node_loss_wait)
 
 
 def run_job(job, args, input_format: str = "auto", after: Callable[[dict], None] | None = None, echo=print) -> int:

@@ -201,14 +201,15 @@ def _stream(job: ShardJob, cfg: ShardJobConfig, options: StorageOptions, pending
         ctx.max_errored_blocks = budget
 
 
-def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: set, failed: list) -> None:
+def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: set, failed: list) -> str | None:
     """Stream ``pending`` through Ray, recording each returned shard in ``returned`` / ``failed``.
     When a worker node died under the stream (a Ray system error stopped it, or it ended without some
     shards while a node that was alive at its start is now dead: node_loss.py), restart it over the
     shards not yet returned, at most ``cfg.max_job_restarts`` times: a shard whose marker was written
     but whose result never reached the driver counts as done (read back from its marker), so none is
     redone and none is lost. Any other error, or one restart too many, propagates; shards missing with
-    every node alive (a poison shard) are left for the caller to record as lost."""
+    every node alive (a poison shard) are left for the caller to record as lost. Returns why shards are
+    missing when a node died but the restarts were spent (None: poison, or none missing)."""
     todo, restarts = pending, 0
     while todo:
         nodes = alive_nodes()
@@ -225,13 +226,14 @@ def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: se
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         else:
             missing = [s for s in todo if s.id not in returned]
-            if not missing or restarts >= cfg.max_job_restarts:
-                return
-            gone = lost_nodes(nodes, cfg.node_loss_wait)
+            gone = lost_nodes(nodes, cfg.node_loss_wait) if missing else set()
             if not gone:
-                return
+                return None
             dead = sorted(g[:8] for g in gone)
             why = f"{_count(dead, 'node')} died ({_some(dead)}) and the stream ended without {_count(missing, 'shard')}"
+            if restarts >= cfg.max_job_restarts:
+                return (f"lost with a node: {why}, after {_count(range(restarts), 'stream restart')} "
+                        f"(--max-job-restarts {cfg.max_job_restarts}); rerun the command to resume it")
         restarts += 1
         for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
             returned.add(sid)
@@ -303,16 +305,16 @@ def _run_leased(job, cfg, options, root, out, shards, lease, echo) -> dict:
         started = _start_ray(cfg.address)
         returned: set[str] = set()
         try:
-            _run_pending(job, cfg, options, out, pending, lease.run_id, progress, returned, failed)
+            node_loss = _run_pending(job, cfg, options, out, pending, lease.run_id, progress, returned, failed)
         except Exception as e:  # noqa: BLE001 -- e.g. the cluster went away: finished shards stay done
             log.error("%s: the Ray job stopped: %s", job.name, e)
             failed.append({"shard": "*", "error": f"job aborted: {type(e).__name__}: {str(e).splitlines()[0][:300]}"})
         else:
             lost = [s for s in pending if s.id not in returned]  # its actor (or read task) died every time
             for s in lost:
-                failed.append({"shard": s.id, "error": f"lost: the process working on it died on each of its "
-                                                       f"{cfg.max_shard_retries + 1} attempts (a crash, os._exit "
-                                                       "or out of memory; see the Ray logs)"})
+                failed.append({"shard": s.id, "error": node_loss or f"lost: the process working on it died on each "
+                                                       f"of its {cfg.max_shard_retries + 1} attempts (a crash, "
+                                                       "os._exit or out of memory; see the Ray logs)"})
                 progress.update(0, 0, s.size, failed=True)
         finally:
             if started:
