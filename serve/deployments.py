@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from ray import serve
@@ -197,6 +198,7 @@ class InvertModel(_Batched):
         self.vocab_cache_size = vocab_cache
         self._vocabs: OrderedDict[tuple, object] = OrderedDict()
         self._vocab_lock = threading.Lock()  # requests prepare in worker threads
+        self._vocab_building: dict[tuple, Future] = {}  # ban lists whose table a thread is building
         self.settings = BatchSettings(max_batch_size=8, batch_wait_timeout_s=0.05)
         self.engine = InvertEngine(self.clip, slots=self.settings.max_batch_size, idle_s=idle_s, max_groups=max_groups)
         self._vocabulary(((), ()))  # build the default candidate table now, not on the first request
@@ -215,16 +217,33 @@ class InvertModel(_Batched):
 
     def _vocabulary(self, ban: tuple[tuple[str, ...], tuple[str, ...]]):
         """The candidate table for (whole-word ban list, substring ban list) (cached: building one scans
-        the whole vocabulary)."""
+        the whole vocabulary). A table is built outside the lock, once: requests for other ban lists (or
+        cached ones) do not wait for it, a second request for the same new list waits for the first's."""
         from pez_core import Vocabulary
 
         with self._vocab_lock:
-            if ban not in self._vocabs:
-                self._vocabs[ban] = Vocabulary(self.clip, safe=True, ban=ban[0], ban_substring=ban[1])
-                if len(self._vocabs) > self.vocab_cache_size:
-                    self._vocabs.popitem(last=False)
-            self._vocabs.move_to_end(ban)
-            return self._vocabs[ban]
+            if ban in self._vocabs:
+                self._vocabs.move_to_end(ban)
+                return self._vocabs[ban]
+            building, mine = self._vocab_building.get(ban), False
+            if building is None:
+                building, mine = self._vocab_building.setdefault(ban, Future()), True
+        if not mine:
+            return building.result()
+        try:
+            table = Vocabulary(self.clip, safe=True, ban=ban[0], ban_substring=ban[1])
+        except BaseException as e:
+            with self._vocab_lock:
+                del self._vocab_building[ban]
+            building.set_exception(e)
+            raise
+        with self._vocab_lock:
+            self._vocabs[ban] = table
+            if len(self._vocabs) > self.vocab_cache_size:
+                self._vocabs.popitem(last=False)
+            del self._vocab_building[ban]
+        building.set_result(table)
+        return table
 
     async def invert(self, image: bytes, steps: int, prompt_len: int, ban: list[str], seed: int,
                      deadline: float, max_pixels: int, ban_substring: list[str] = (), early_stop: bool = True,

@@ -81,3 +81,38 @@ def test_groups_beyond_max_groups_wait_for_one_to_end_or_get_a_503(tiny_clip_dir
     assert a["steps_run"] == 600
     assert b["error"]["status"] == 503 and "invert_max_groups=1" in b["error"]["message"], b
     assert b["error"]["type"] == "overloaded" and waited > 0.6  # no upper bound: the loop shares the GIL with PEZ
+
+
+def test_ban_tables_build_outside_the_lock_and_once_per_ban_list(tiny_clip_dir, monkeypatch):
+    """Two new ban lists build their candidate tables at the same time (neither waits for the other's scan
+    of the vocabulary) and two requests for the same new list build it once. Catches the table built
+    under the cache's lock (the builds would not overlap) and a build per request (two builds of one list)."""
+    import threading
+
+    import pez_core
+
+    model = InvertModel.func_or_class(str(tiny_clip_dir), idle_s=0.1)
+    real, events, lock = pez_core.Vocabulary, [], threading.Lock()
+
+    def slow(*args, ban=(), **kwargs):
+        with lock:
+            events.append(("start", ban))
+        time.sleep(0.3)
+        with lock:
+            events.append(("end", ban))
+        return real(*args, ban=ban, **kwargs)
+
+    monkeypatch.setattr(pez_core, "Vocabulary", slow)
+    keys = [(("cat",), ()), (("dog",), ()), (("cat",), ())]
+    got = [None] * 3
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, model._vocabulary(keys[i]))) for i in range(3)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    starts = [e for e in events if e[0] == "start"]
+    assert sorted(b for _, b in starts) == [("cat",), ("dog",)]  # one build per list
+    assert [k for k, _ in events[:2]] == ["start", "start"]  # the second began before the first ended
+    assert got[0] is got[2] and got[0] is not got[1]
+    assert model._vocabulary(keys[1]) is got[1] and not model._vocab_building
