@@ -5,7 +5,8 @@
     python bench/world_rewrite_loop.py --workdir /tmp/wl40 --set count=40000 --set sft_epochs=4 --set reward_epochs=3
 
 Stages (each a `promptmine` subprocess; a stage whose output exists is skipped, so a rerun resumes):
-pairs --source world -> world init-lm -> label (world generator, 8 seeds, PickScore stand-in `world-ref`,
+pairs --source world (every good one-object pair an expansion: docs/training.md, runs 8-9) -> world init-lm
+-> label (world generator, 8 seeds, PickScore stand-in `world-ref`,
 aesthetic stand-in `world`) -> train sft -> train reward --kind ps / aes -> train ppo -> rewrite the held-out
 raw prompts with the SFT and the PPO model -> eval rewrite of each -> paired comparison raw / SFT / PPO
 on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * aesthetic.
@@ -26,9 +27,9 @@ SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weig
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
     "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
-                 eval_seeds=8, expansions_pct=0),
+                 eval_seeds=8, expansions_pct=100),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
-                eval_seeds=2, expansions_pct=0),
+                eval_seeds=2, expansions_pct=100),
 }
 
 
@@ -142,8 +143,10 @@ def main() -> None:
     scale = dict(SCALES[args.scale])
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in scale or not value.isdigit() or int(value) < (0 if key == "expansions_pct" else 1):
-            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100) and KEY one of {', '.join(scale)}")
+        low, high = (0, 100) if key == "expansions_pct" else (1, None)
+        if key not in scale or not value.isdigit() or int(value) < low or (high and int(value) > high):
+            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100) and KEY one of "
+                     f"{', '.join(scale)}")
         scale[key] = int(value)
     w = args.workdir.resolve()
     w.mkdir(parents=True, exist_ok=True)

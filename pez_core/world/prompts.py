@@ -104,9 +104,9 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0
     if n < 1:
         raise ValueError(f"need at least one pair, got {n}")
     if not 0 <= bad < 1:
-        raise ValueError(f"the share of bad pairs must be in [0, 1), got {bad}")
+        raise ValueError(f"--bad: the share of bad pairs must be in [0, 1), got {bad}")
     if not 0 <= expansions <= 1:
-        raise ValueError(f"the share of expansion pairs must be in [0, 1], got {expansions}")
+        raise ValueError(f"--expansions: the share of expansion pairs must be in [0, 1], got {expansions}")
     rng = random.Random(f"world-pairs:{seed}")
     out = []
     for _ in range(n):

@@ -157,7 +157,8 @@ def run_world_pairs(args) -> int:
         raise CLIError("--holdout N needs --holdout-output FILE for the held-out prompts")
     t0 = time.perf_counter()
     try:
-        pairs, held = split_holdout(world_pairs(args.count, args.seed, args.bad, args.expansions), args.holdout, args.seed)
+        made = world_pairs(args.count, args.seed, args.bad, args.expansions)
+        pairs, held = split_holdout(made, args.holdout, args.seed)
     except ValueError as e:
         raise CLIError(str(e)) from e
     import pandas as pd
