@@ -121,9 +121,9 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0
                 o, source = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size), "world-other-shape"
             scene = replace(scene, objects=(o, *scene.objects[1:]))
         elif expansions and len(scene.objects) == 1 and rng.random() < expansions:
-            out.append({"raw_prompt": raw, "prompt": expansion_prompt(scene, raw, rng), "source": "world-expansion"})
-            continue
-        out.append({"raw_prompt": raw, "prompt": high_prompt(scene, rng), "source": source})
+            source = "world-expansion"
+        prompt = expansion_prompt(scene, raw, rng) if source == "world-expansion" else high_prompt(scene, rng)
+        out.append({"raw_prompt": raw, "prompt": prompt, "source": source})
     return out
 
 
