@@ -143,3 +143,35 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tiny_lm_dir, pairs, tmp_path,
     assert "absent.parquet" in capsys.readouterr().err
     assert train("sft", "--data", pairs, "--output", tmp_path / "o", "--model", tiny_lm_dir, "--template", "v9") == 2
     assert "unknown template 'v9'" in capsys.readouterr().err
+
+
+_QUIET_RUN = """
+import os, sys, tempfile, time
+from pipelines.io.storage import Location
+from pipelines.train.trainer import fit
+
+def loop(cfg):
+    import ray.train
+    time.sleep(4)  # long enough for Ray Train's PlacementGroupCleaner to poll the controller a few times
+    folder = tempfile.mkdtemp()
+    open(os.path.join(folder, "done"), "w").write("1")
+    ray.train.report({"step": 1}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+fit(loop, {}, Location(uri=sys.argv[1]), "quiet", 1)
+print("FIT DONE")
+"""
+
+
+def test_a_local_training_cluster_lets_ray_train_watch_its_controller(tmp_path):
+    """`fit` on a cluster of its own (no address) starts the dashboard, whose State API Ray Train's
+    PlacementGroupCleaner polls once a second; started without it (the old `include_dashboard=False`), the
+    run logs "Failed to query Ray Train Controller actor state" on every poll, about 150 lines per stage."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", _QUIET_RUN, str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, timeout=240)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0 and "FIT DONE" in log, log[-3000:]
+    assert "Failed to query Ray Train Controller actor state" not in log, log[-3000:]
