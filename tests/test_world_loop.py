@@ -13,6 +13,30 @@ from pipelines.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+
+def assert_fails_the_raw_prompt(pair: dict, expansions: float) -> None:
+    """A bad pair's prompt, read by the renderer, fails its raw prompt in the way its source says; written
+    as an edited expansion (one object, every attribute named) when expansions are on."""
+    from pez_core.world.parse import parse
+
+    raw, prompt, kind = pair["raw_prompt"], pair["prompt"], pair["source"]
+    want, got = parse(raw), parse(prompt)
+    w, g = want.objects[0], got.objects[0]
+    if kind == "world-invisible":
+        assert g.colour == got.background, pair
+    elif kind == "world-other-shape":
+        assert g.shape != w.shape, pair
+    else:  # another value of an attribute the raw prompt names, the shape kept
+        assert g.shape == w.shape, pair
+        changed = [k for k, a, b in (("colour", w.colour, g.colour), ("size", w.size, g.size),
+                                     ("position", want.position, got.position),
+                                     ("background", want.background, got.background)) if a is not None and a != b]
+        assert len(changed) == 1 and None not in (g.colour, g.size), pair
+    if expansions and len(got.objects) == 1:  # the form a policy trained on expansions fails in
+        assert None not in (g.colour, g.size, got.background, got.position, got.fill), pair
+        head = prompt.split(",")[0]
+        assert len(head.split()) == len(raw.split()), pair  # the raw prompt's words, edited in place
+
 def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
     """`pairs --source world`: short raw prompts, detailed captions of the same scene; held-out raw prompts
     never appear in the training pairs."""
@@ -37,16 +61,14 @@ def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
     named = [parse(r) for r in pairs["raw_prompt"]]
     assert 0.45 < sum(n.objects[0].colour is not None for n in named) / len(named) < 0.75
     assert sum(n.position is not None or n.background is not None for n in named) / len(named) > 0.3
-    from pez_core.world.prompts import world_pairs
+    from pez_core.world.prompts import BAD_KINDS, world_pairs
 
-    bad = [p for p in world_pairs(200, bad=0.3) if p["source"] != "world"]
-    assert 30 < len(bad) < 90  # failed prompts: the object in the background's colour, or another shape
-    for p in bad:
-        want, got = parse(p["raw_prompt"]), parse(p["prompt"])
-        if p["source"] == "world-invisible":
-            assert got.objects[0].colour == got.background
-        else:
-            assert got.objects[0].shape != want.objects[0].shape
+    for expansions in (0.0, 1.0):
+        bad = [p for p in world_pairs(300, bad=0.3, expansions=expansions) if p["source"] in BAD_KINDS]
+        assert 50 < len(bad) < 130, expansions
+        assert {p["source"] for p in bad} == set(BAD_KINDS), expansions
+        for p in bad:
+            assert_fails_the_raw_prompt(p, expansions)
     assert main(["pairs", "--source", "world", "--count", "10", "--holdout", "3", "--output",
                  str(tmp_path / "x.parquet")]) == 2  # a hold-out needs a file to go to
     assert "--holdout-output" in capsys.readouterr().err

@@ -92,12 +92,62 @@ def expansion_prompt(scene: Scene, raw: str, rng: random.Random) -> str:
     return _with_quality(f"{raw}, {', '.join(words)}", scene, rng)
 
 
+BAD_KINDS = ("world-invisible", "world-other-shape", "world-contradiction")
+
+
+def bad_scene(scene: Scene, raw: str, rng: random.Random, kind: str | None = None) -> tuple[Scene, str]:
+    """The scene of a failed rewrite of ``raw`` and its kind (``kind``, or one of ``BAD_KINDS`` at random): the
+    object drawn in the background's colour (invisible), another shape, or another value of one attribute
+    the raw prompt names (colour, size, position or background; another shape when it names none)."""
+    from .parse import parse
+
+    o, kind = scene.objects[0], kind or rng.choice(BAD_KINDS)
+    if kind not in BAD_KINDS:
+        raise ValueError(f"unknown kind of failed prompt {kind!r}; want one of {', '.join(BAD_KINDS)}")
+    if kind == "world-contradiction":
+        said = parse(raw)
+        named = [a for a, ok in (("colour", said.objects and said.objects[0].colour),
+                                 ("size", said.objects and said.objects[0].size),
+                                 ("position", said.position), ("background", said.background)) if ok]
+        if not named:
+            kind = "world-other-shape"
+        else:
+            attr = rng.choice(named)
+            if attr == "colour":
+                taken = {scene.background, *(x.colour for x in scene.objects)}
+                o = Obj(o.shape, rng.choice([c for c in COLOURS if c not in taken]), o.size)
+            elif attr == "size":
+                o = Obj(o.shape, o.colour, "small" if o.size == "large" else "large")
+            elif attr == "position":
+                return replace(scene, position=rng.choice([p for p in POSITIONS if p != scene.position])), kind
+            else:
+                taken = {x.colour for x in scene.objects} | {scene.background}
+                return replace(scene, background=rng.choice([c for c in COLOURS if c not in taken])), kind
+    if kind == "world-invisible":
+        o = Obj(o.shape, scene.background, o.size)
+    elif kind == "world-other-shape":
+        o = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size)
+    return replace(scene, objects=(o, *scene.objects[1:])), kind
+
+
+def edited_expansion(failed: Scene, template: tuple, rng: random.Random) -> str:
+    """A failed rewrite in expansion form: the raw prompt that ``template`` (the rng state ``low_prompt``
+    started from) writes, with its words edited to match the ``failed`` scene, then the rest of that scene."""
+    replay = random.Random()
+    replay.setstate(template)
+    return expansion_prompt(failed, low_prompt(failed, replay, detail=True), rng)
+
+
 def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0) -> list[dict]:
     """``n`` (raw_prompt, prompt) pairs about random scenes, reproducible per seed.
 
-    ``bad``: share of failed prompts, as a scraped table has them: half draw the object in the background's
-    colour (invisible), half describe another shape than the raw prompt's. They teach the reward models
-    what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's filter does.
+    ``bad``: share of failed prompts, as a scraped table (or a drifting PPO policy) has them, a third of
+    each kind: the object in the background's colour (invisible), another shape than the raw prompt's, or
+    another value of an attribute the raw prompt names ("at the top" drawn at the bottom). They teach the
+    reward models what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's
+    filter does. With ``expansions``, that share of the one-object bad prompts is written as an expansion of
+    the failed scene whose copied raw words were edited to match it ("a red star at the top" -> "a red star
+    at the bottom, large, ..."), the form a policy trained on expansions fails in.
 
     ``expansions``: share of the good one-object pairs whose prompt is ``expansion_prompt`` (the raw prompt
     word for word, then the rest; source ``world-expansion``) instead of a caption written afresh."""
@@ -111,18 +161,17 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0
     out = []
     for _ in range(n):
         scene = quality_scene(rng)
+        template = rng.getstate()  # replayed to write the raw prompt's words for a failed scene
         raw = low_prompt(scene, rng, detail=True)
-        source = "world"
+        source, expand = "world", False
         if rng.random() < bad:
-            o = scene.objects[0]
-            if rng.random() < 0.5:
-                o, source = Obj(o.shape, scene.background, o.size), "world-invisible"
-            else:
-                o, source = Obj(rng.choice([s for s in SHAPES if s != o.shape]), o.colour, o.size), "world-other-shape"
-            scene = replace(scene, objects=(o, *scene.objects[1:]))
+            scene, source = bad_scene(scene, raw, rng)
+            if expansions and len(scene.objects) == 1 and rng.random() < expansions:
+                out.append({"raw_prompt": raw, "prompt": edited_expansion(scene, template, rng), "source": source})
+                continue
         elif expansions and len(scene.objects) == 1 and rng.random() < expansions:
-            source = "world-expansion"
-        prompt = expansion_prompt(scene, raw, rng) if source == "world-expansion" else high_prompt(scene, rng)
+            source, expand = "world-expansion", True
+        prompt = expansion_prompt(scene, raw, rng) if expand else high_prompt(scene, rng)
         out.append({"raw_prompt": raw, "prompt": prompt, "source": source})
     return out
 

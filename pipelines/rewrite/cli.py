@@ -40,7 +40,8 @@ def _register_pairs(subparsers) -> None:
     g.add_argument("--count", type=int, default=2000, help="world: pairs generated before the hold-out (2000)")
     g.add_argument("--seed", type=int, default=0, help="world: seed of the scenes")
     g.add_argument("--bad", type=float, default=0.0,
-                   help="world: share of failed prompts (object in the background's colour, or another shape); "
+                   help="world: share of failed prompts, a third each: the object in the background's colour, another "
+                        "shape, or another value of an attribute the raw prompt names; "
                         "they teach the reward models, `train sft --min-pick-score` filters them (default 0)")
     g.add_argument("--expansions", type=float, default=0.0,
                    help="world: share of the good one-object pairs whose prompt keeps the raw prompt word for word "

@@ -1,0 +1,56 @@
+"""The checks the world rewriting benchmarks print: what a rewrite keeps of its raw prompt
+(bench/world_rewrite_loop.py `keeps`) and the reward-model probe's pairs and summary (bench/reward_probe.py)."""
+
+import importlib.util
+from pathlib import Path
+
+from pez_core.world.parse import parse
+
+
+def _bench(name: str):
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keeps_counts_each_named_attribute_and_invisible_objects():
+    """Catches: an attribute counted when the raw prompt does not name it, a changed word counted as kept,
+    or an object on a background of its own colour not counted as invisible."""
+    keeps = _bench("world_rewrite_loop").keeps
+    raws = ["a red star at the top", "a large circle on a blue background", "a heart"]
+    rewrites = ["a red star at the bottom, large, green background, sharp",  # position changed
+                "a large blue circle on a blue background, in the center",  # kept, but invisible
+                "a heart, small, red, on the left, white background"]
+    got = keeps(raws, rewrites)
+    assert got == {"shape": "3/3", "colour": "1/1", "size": "1/1", "position": "0/1", "background": "1/1",
+                   "invisible": 1}
+
+
+def test_probe_pairs_fail_their_raw_prompt_in_the_faithful_rewrites_form():
+    """Each probe row: a faithful expansion (the raw prompt word for word, then the rest) and a failed
+    rewrite of the kind it names, in the same form with the raw words edited; the probe's summary counts
+    the model right where it scores the faithful rewrite higher."""
+    probe = _bench("reward_probe")
+    rows = probe.probe_pairs(12)
+    assert len(rows) == 36 and {r["kind"] for r in rows} >= {"world-invisible", "world-other-shape"}
+    for r in rows:
+        assert r["faithful"].startswith(r["raw"] + ", ")
+        assert r["failed"] != r["faithful"]
+        want, bad = parse(r["raw"]), parse(r["failed"])
+        w, b = want.objects[0], bad.objects[0]
+        if r["kind"] == "world-invisible":
+            assert b.colour == bad.background, r
+        elif r["kind"] == "world-other-shape":
+            assert b.shape != w.shape, r
+        else:
+            assert b.shape == w.shape and (w.colour, w.size, want.position, want.background) != (
+                b.colour if w.colour else None, b.size if w.size else None,
+                bad.position if want.position else None, bad.background if want.background else None), r
+    # the model is right on 24 rows, wrong on 6 and ties on 6 (a tie is no preference)
+    scored = [dict(r, rm_faithful=1.0, rm_failed=0.0 if i % 3 else (2.0 if i % 2 else 1.0), true_faithful=1.0,
+                   true_failed=0.0) for i, r in enumerate(rows)]
+    total = probe.summarise(scored)["all"]
+    assert total["n"] == 36 and total["truth_prefers_faithful"] == 1.0
+    assert total["model_prefers_faithful"] == round(24 / 36, 3) and total["model_gap"] == round((24 - 6) / 36, 2)
