@@ -24,7 +24,9 @@ def _obj(o: Obj, rng: random.Random, canonical: bool, drop: float) -> str:
     return " ".join(parts + [_w(rng, SHAPES[o.shape], canonical)])
 
 
-def _styles(s: Scene, rng: random.Random, canonical: bool, drop: float) -> list[str]:
+def style_words(s: Scene, rng: random.Random, canonical: bool, drop: float) -> list[str]:
+    """The scene's fill, sharpness and saturation words: the canonical ones, or synonyms each left out with
+    probability ``drop`` (as captions write them; ``prompts.expansion_prompt`` uses them too)."""
     if canonical:
         return [FILLS[s.fill][0], SHARPNESS[s.sharpness][0], SATURATION[s.saturation][0]]
     words = [] if rng.random() < drop else [rng.choice(FILLS[s.fill])]
@@ -49,7 +51,7 @@ def caption(scene: Scene, rng: random.Random | None = None, drop: float = 0.0) -
     bg_drop = (not canonical) and rng.random() < drop
     bg = _w(rng, COLOURS[scene.background], canonical)
     bgw = "background" if canonical or rng.random() < 0.8 else "backdrop"
-    styles = _styles(scene, rng, canonical, drop)
+    styles = style_words(scene, rng, canonical, drop)
     st = ", ".join(styles) if canonical or rng.random() < 0.5 else " ".join(styles)
     if len(scene.objects) == 1:
         obj = _obj(scene.objects[0], rng, canonical, drop)

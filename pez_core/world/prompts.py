@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from .captions import _styles, caption
+from .captions import caption, style_words
 from .grammar import COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES, Obj, Scene
 
 TWO_OBJECTS = 0.2  # share of two-object scenes among high-quality prompts
@@ -88,7 +88,7 @@ def expansion_prompt(scene: Scene, raw: str, rng: random.Random) -> str:
         words.append(_POS_WORDS[scene.position])
     if said.background is None:
         words.append(f"{rng.choice(COLOURS[scene.background])} background")
-    words.append(" ".join(_styles(scene, rng, canonical=False, drop=0.0)))
+    words.append(" ".join(style_words(scene, rng, canonical=False, drop=0.0)))
     return _with_quality(f"{raw}, {', '.join(words)}", scene, rng)
 
 

@@ -132,8 +132,10 @@ def check_manifest(out: Location, job: ShardJob, cfg: ShardJobConfig) -> None:
                                    indent=1))
 
 
-def _count(items: list, noun: str) -> str:
-    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+def _count(items: list | int, noun: str) -> str:
+    """"1 shard", "3 shards": the count of ``items`` (a collection, or the number itself) and the noun."""
+    n = items if isinstance(items, int) else len(items)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _some(items: list, n: int = 5) -> str:
@@ -232,7 +234,7 @@ def _run_pending(job, cfg, options, out, pending, run_id, progress, returned: se
             dead = sorted(g[:8] for g in gone)
             why = f"{_count(dead, 'node')} died ({_some(dead)}) and the stream ended without {_count(missing, 'shard')}"
             if restarts >= cfg.max_job_restarts:
-                return (f"lost with a node: {why}, after {_count(range(restarts), 'stream restart')} "
+                return (f"lost with a node: {why}, after {_count(restarts, 'stream restart')} "
                         f"(--max-job-restarts {cfg.max_job_restarts}); rerun the command to resume it")
         restarts += 1
         for sid, st in done_shards(out, only={s.id for s in todo} - returned).items():
