@@ -163,15 +163,14 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0
         scene = quality_scene(rng)
         template = rng.getstate()  # replayed to write the raw prompt's words for a failed scene
         raw = low_prompt(scene, rng, detail=True)
-        source, expand = "world", False
         if rng.random() < bad:
             scene, source = bad_scene(scene, raw, rng)
-            if expansions and len(scene.objects) == 1 and rng.random() < expansions:
-                out.append({"raw_prompt": raw, "prompt": edited_expansion(scene, template, rng), "source": source})
-                continue
+            edited = expansions and len(scene.objects) == 1 and rng.random() < expansions
+            prompt = edited_expansion(scene, template, rng) if edited else high_prompt(scene, rng)
         elif expansions and len(scene.objects) == 1 and rng.random() < expansions:
-            source, expand = "world-expansion", True
-        prompt = expansion_prompt(scene, raw, rng) if expand else high_prompt(scene, rng)
+            source, prompt = "world-expansion", expansion_prompt(scene, raw, rng)
+        else:
+            source, prompt = "world", high_prompt(scene, rng)
         out.append({"raw_prompt": raw, "prompt": prompt, "source": source})
     return out
 
