@@ -13,7 +13,7 @@ on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * a
 
 Two held-out sets: ``heldout`` (the 32 raw prompts `pairs --holdout` keeps out of training, on which the
 recipe was developed) and ``heldout_fresh`` (128 raw prompts that no training pair and no first held-out
-prompt contains, from other seeds' scenes; rarer prompts, so they name a little more: 7.4 words against
+prompt contains, from other seeds' scenes; rarer prompts, so they name a little more: 7.5 words against
 6.6), which checks any difference found on the first.
 """
 
@@ -200,9 +200,9 @@ def main() -> None:
     scale = dict(SCALES[args.scale])
     for item in args.set:
         key, _, value = item.partition("=")
-        low, high = (0, 100) if key in ("expansions_pct", "bad_pct") else (1, None)
+        low, high = {"expansions_pct": (0, 100), "bad_pct": (0, 99)}.get(key, (1, None))
         if key not in scale or not value.isdigit() or int(value) < low or (high and int(value) > high):
-            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct, bad_pct: 0-100) and KEY one of "
+            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100, bad_pct: 0-99) and KEY one of "
                      f"{', '.join(scale)}")
         scale[key] = int(value)
     w = args.workdir.resolve()
