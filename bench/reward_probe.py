@@ -11,7 +11,7 @@ star at the bottom, ..."), the form in which a PPO policy trained on expansions 
 
 Per kind it reports how often the reward model scores the faithful rewrite above the failed one, and how
 often the truth does (the PickScore stand-in the labels use: `world-ref`'s logit_scale * cos between the raw
-prompt and the rewrite's images, averaged over ``--seeds`` renders). A reward model that does not
+prompt and the rewrite's images, averaged over ``--seeds`` renders; `promptmine label`'s own scorer). A reward model that does not
 rank failures below faithful rewrites is one PPO can climb by failing (docs/training.md, run 11).
 """
 
@@ -47,18 +47,17 @@ def probe_pairs(scenes: int) -> list[dict]:
     return rows
 
 
-def true_scores(raws: list[str], prompts: list[str], seeds: int, pickscore: str) -> list[float]:
-    """The PickScore stand-in of each (raw, prompt): mean over ``seeds`` renders of the prompt."""
-    import torch
+def true_scores(pairs: list[tuple[str, str]], seeds: int, pickscore: str) -> dict[tuple[str, str], float]:
+    """The label of each distinct (raw, prompt): `promptmine label`'s own scorer (the world generator over seeds
+    0..seeds-1, each image judged against the raw prompt), its mean pick_score."""
+    from pipelines.evaluate.rewrite import ImageScorer
 
-    from pez_core.scoring.pickscore import make_pick_scorer
-    from pez_core.world.render import render
-
-    scorer = make_pick_scorer(pickscore)
-    out = []
-    for raw, prompt in zip(raws, prompts):
-        images = [render(prompt, s, 64) for s in range(seeds)]
-        out.append(float(scorer.score([raw] * seeds, images).mean()))
+    scorer = ImageScorer({"model": "world"}, pickscore, None, "world", "world", None, list(range(seeds)))
+    distinct, out = list(dict.fromkeys(pairs)), {}
+    for i in range(0, len(distinct), 64):
+        chunk = distinct[i:i + 64]
+        scores, _ = scorer.score([prompt for _, prompt in chunk], [raw for raw, _ in chunk])
+        out.update(zip(chunk, scores["pick_score"].mean(1).tolist()))
     return out
 
 
@@ -99,10 +98,11 @@ def main() -> None:
     rm = RewardModel.from_pretrained(args.reward_ps, kind="ps")
     raws = [r["raw"] for r in rows]
     rm_f, rm_b = rm.score(raws, [r["faithful"] for r in rows]), rm.score(raws, [r["failed"] for r in rows])
-    t_f = true_scores(raws, [r["faithful"] for r in rows], args.seeds, args.pickscore)
-    t_b = true_scores(raws, [r["failed"] for r in rows], args.seeds, args.pickscore)
-    for r, a, b, c, d in zip(rows, rm_f.tolist(), rm_b.tolist(), t_f, t_b):
-        r.update(rm_faithful=a, rm_failed=b, true_faithful=c, true_failed=d)
+    truth = true_scores([(r["raw"], r[k]) for r in rows for k in ("faithful", "failed")], args.seeds,
+                        args.pickscore)  # each scene's faithful rewrite is scored once, not once per kind
+    for r, a, b in zip(rows, rm_f.tolist(), rm_b.tolist()):
+        r.update(rm_faithful=a, rm_failed=b, true_faithful=truth[r["raw"], r["faithful"]],
+                 true_failed=truth[r["raw"], r["failed"]])
     examples = {}
     for r in rows:
         if len(examples.setdefault(r["kind"], [])) < args.examples:

@@ -13,7 +13,6 @@ from pipelines.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-
 def assert_fails_the_raw_prompt(pair: dict, expansions: float) -> None:
     """A bad pair's prompt, read by the renderer, fails its raw prompt in the way its source says; written
     as an edited expansion (one object, every attribute named) when expansions are on."""
@@ -36,6 +35,7 @@ def assert_fails_the_raw_prompt(pair: dict, expansions: float) -> None:
         assert None not in (g.colour, g.size, got.background, got.position, got.fill), pair
         head = prompt.split(",")[0]
         assert len(head.split()) == len(raw.split()), pair  # the raw prompt's words, edited in place
+
 
 def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
     """`pairs --source world`: short raw prompts, detailed captions of the same scene; held-out raw prompts
