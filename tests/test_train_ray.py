@@ -35,15 +35,27 @@ def train(*args) -> int:
 
 
 def test_sft_on_two_workers_survives_a_killed_worker_and_publishes_the_model(ray_cluster, tiny_lm_dir, pairs,
-                                                                             tmp_path):
+                                                                             tmp_path, capsys):
     """One run covers DDP on 2 workers, checkpoints, a worker killed (os._exit) before step 5, the restart
-    from the last checkpoint (FailureConfig(max_failures=1)), and the published model and metrics."""
+    from the last checkpoint (FailureConfig(max_failures=1)), the score filters with their row accounting,
+    and the published model and metrics."""
     out, marker = tmp_path / "sft", tmp_path / "killed.txt"
     assert train("sft", "--data", pairs, "--output", out, "--model", tiny_lm_dir, "--workers", 2, "--max-steps", 6,
                  "--batch-size", 4, "--lr", 2e-3, "--checkpoint-every", 2, "--keep-checkpoints", 2,
-                 "--max-failures", 1, "--eval-fraction", 0.1, "--inject-failure", f"5:{marker}") == 0
+                 "--max-failures", 1, "--eval-fraction", 0.1, "--inject-failure", f"5:{marker}",
+                 "--min-pick-score", 18.8, "--min-aesthetic-score", 6.1) == 0
     assert marker.exists()  # a worker really died before step 5
     summary = json.loads((out / "summary.json").read_text())
+    # every row accounted for: read = dropped by each threshold (in order) + held out + trained on
+    df = pd.read_parquet(pairs)
+    low_ps = int((df["pick_score"] < 18.8).sum())
+    low_aes = int(((df["pick_score"] >= 18.8) & (df["aesthetic_score"] < 6.1)).sum())
+    assert low_ps and low_aes  # both thresholds really drop rows of this table
+    held = max(1, int((48 - low_ps - low_aes) * 0.1))
+    assert summary["data"] == {"read": 48, "dropped": {"pick_score < 18.8": low_ps, "aesthetic_score < 6.1": low_aes},
+                               "eval": held, "trained_on": 48 - low_ps - low_aes - held}
+    assert (f"data:    48 rows read, {low_ps + low_aes} dropped (pick_score < 18.8: {low_ps}; aesthetic_score < 6.1: "
+            f"{low_aes}), {held} held out for evaluation") in capsys.readouterr().out
     assert summary["world_size"] == 2 and summary["steps"] == 6
     first, resumed = summary["attempt_start_steps"]
     assert first == 0 and resumed in (2, 4), summary  # restarted from a checkpoint, not from zero
@@ -69,7 +81,10 @@ def test_reward_model_with_data_checkpoints_and_output_on_s3(ray_cluster, s3_env
 
     s3 = s3_env.client()
     s3_env.make_bucket("train-rm")
-    s3.upload_file(str(pairs), "train-rm", "data/pairs.parquet")
+    unlabelled = pd.read_parquet(pairs)
+    unlabelled.loc[[3, 10, 20], "pick_score"] = float("nan")  # rows the labelling never scored
+    unlabelled.to_parquet(tmp_path / "pairs.parquet")
+    s3.upload_file(str(tmp_path / "pairs.parquet"), "train-rm", "data/pairs.parquet")
     assert train("reward", "--kind", "ps", "--data", "s3://train-rm/data", "--output", "s3://train-rm/r_ps",
                  "--model", tiny_lm_dir, "--workers", 2, "--epochs", 2, "--max-steps", 4, "--batch-size", 8,
                  "--lr", 1e-3,
@@ -84,7 +99,10 @@ def test_reward_model_with_data_checkpoints_and_output_on_s3(ray_cluster, s3_env
             (local / key[len("r_ps/model/"):]).parent.mkdir(parents=True, exist_ok=True)
             s3.download_file("train-rm", key, str(local / key[len("r_ps/model/"):]))
     rm = RewardModel.from_pretrained(local)
-    assert rm.kind == "ps" and rm.mean > 17  # label scale of pick_score kept in the config
+    assert rm.kind == "ps" and rm.mean > 17  # label scale of pick_score kept in the config (no NaN in it)
+    s3.download_file("train-rm", "r_ps/summary.json", str(tmp_path / "summary.json"))
+    data = json.loads((tmp_path / "summary.json").read_text())["data"]
+    assert data == {"read": 48, "dropped": {"pick_score missing": 3}, "eval": 9, "trained_on": 36}
     assert torch.isfinite(rm.score(["a cat"], ["a cat, 8k"])).all()
     s3.download_file("train-rm", "r_ps/metrics.csv", str(tmp_path / "m.csv"))
     metrics = pd.read_csv(tmp_path / "m.csv")
@@ -136,6 +154,9 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tiny_lm_dir, pairs, tmp_path,
     no_scores = tmp_path / "no_scores.parquet"
     pd.read_parquet(pairs).drop(columns=["pick_score"]).to_parquet(no_scores)
     assert train("reward", "--kind", "ps", "--data", no_scores, "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
+    assert "missing column(s) pick_score" in capsys.readouterr().err
+    assert train("sft", "--data", no_scores, "--output", tmp_path / "o", "--model", tiny_lm_dir,
+                 "--min-pick-score", 12) == 2
     assert "missing column(s) pick_score" in capsys.readouterr().err
     assert train("ppo", "--data", pairs, "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
     assert "--reward-ps and/or --reward-aes" in capsys.readouterr().err

@@ -38,6 +38,8 @@ class SFTConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     template: str = DEFAULT_TEMPLATE  # instruction template: "v1" (paper) or "v2"
     min_pick_score: float | None = None  # drop pairs with pick_score below this (paper's loader: 18.5)
+    min_aesthetic_score: float | None = None  # drop pairs with aesthetic_score below this (paper: its data
+    #   are filtered by aesthetic score; no threshold published)
     min_prompt_tokens: int = 0  # drop pairs whose target prompt has fewer tokens (paper's code: 25; 0: off)
     short_prompt_tokens: int = 0  # target prompts under this many tokens are "short" (paper's code: 35)
     short_drop: float = 0.0  # share of short pairs dropped at random (paper's code: 0.3)

@@ -17,7 +17,8 @@ a crashed worker restarts the group from it (``--max-failures``). At the end the
                            --rewrite-model OUTPUT` and Rewriter.from_pretrained(OUTPUT) load it
     OUTPUT/metrics.csv     one row per step (loss, lr, ... ; PPO: score, kl, kl_coef, pg_loss, vf_loss, ...)
     OUTPUT/metrics.jsonl   the same rows as JSON lines
-    OUTPUT/summary.json    stage, steps, workers, the steps each attempt started from, final metrics
+    OUTPUT/summary.json    stage, steps, workers, the steps each attempt started from, final metrics, and
+                           `data`: rows read = rows dropped (by reason) + held out + trained on
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def register(subparsers) -> None:
     add_prompt_lm_args(plm)
     sft.add_argument("--template", default="v1", help="instruction template: v1 (paper) or v2")
     sft.add_argument("--min-pick-score", type=float, help="drop pairs below this pick_score (paper: 18.5)")
+    sft.add_argument("--min-aesthetic-score", type=float,
+                     help="drop pairs below this aesthetic_score (the paper filters its data by it; no value given)")
     sft.add_argument("--eval-fraction", type=float, default=0.0, help="rows held out for a final eval_loss")
     sft.add_argument("--min-prompt-tokens", type=int, default=0,
                      help="drop pairs whose target prompt has fewer tokens (paper's code: 25; default 0: off)")
@@ -138,6 +141,7 @@ def build_job(args):
     common = dict(max_length=args.max_length, warmup_ratio=args.warmup_ratio)
     if args.stage == "sft":
         algo = SFTConfig(template=args.template, min_pick_score=args.min_pick_score,
+                         min_aesthetic_score=args.min_aesthetic_score,
                          min_prompt_tokens=args.min_prompt_tokens, short_prompt_tokens=args.short_prompt_tokens,
                          short_drop=args.short_drop, **common, **given)
     elif args.stage == "reward":
@@ -207,8 +211,9 @@ def check_data(job) -> int:
             needed.append("raw_prompt")
     if job.stage == "prompt-lm":
         needed.append(job.algo.column)
-    if getattr(job.algo, "min_pick_score", None) is not None:
-        needed.append("pick_score")
+    for column in ("pick_score", "aesthetic_score"):
+        if getattr(job.algo, f"min_{column}", None) is not None:
+            needed.append(column)
     missing = [c for c in needed if c not in dataset.schema.names]
     if missing:
         raise ValueError(f"--data {job.data_uri}: missing column(s) {', '.join(missing)}; "
@@ -260,8 +265,16 @@ def publish(checkpoint, out, job, workers: int, name: str) -> dict:
         "stage": job.stage, "steps": progress["step"], "workers": workers, "world_size": progress["world_size"],
         "attempt_start_steps": progress["starts"], "model": out.child("model").uri,
         "metrics": out.child("metrics.csv").uri, "checkpoints": f"{out.child('checkpoints').uri}/{name}",
-        "final": {k: v for k, v in last.items() if k != "sample"},
+        "final": {k: v for k, v in last.items() if k != "sample"}, "data": progress.get("data", {}),
     }
+
+
+def describe_data(data: dict) -> str:
+    """One line of a stage's row accounting: read = dropped + held out + trained on."""
+    dropped = sum(data.get("dropped", {}).values())
+    why = "; ".join(f"{reason}: {n}" for reason, n in data.get("dropped", {}).items())
+    return (f"{data['read']} rows read, {dropped} dropped{f' ({why})' if why else ''}, {data['eval']} held out "
+            f"for evaluation, {data['trained_on']} trained on")
 
 
 def cmd_train(args) -> int:
@@ -276,6 +289,8 @@ def cmd_train(args) -> int:
     print(f"train {summary['stage']}: {summary['steps']} steps on {summary['world_size']} workers "
           f"in {summary['seconds']} s (attempts started at steps {summary['attempt_start_steps']})")
     print(f"  final: {final}")
+    if summary.get("data"):
+        print(f"  data:    {describe_data(summary['data'])}")
     print(f"  model:   {summary['model']}\n  metrics: {summary['metrics']}\n  checkpoints: {summary['checkpoints']}")
     if summary.get("best"):
         print(f"  best:    {summary['best']} (highest held-out reward; what --rewrite-model OUTPUT serves)")

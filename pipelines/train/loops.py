@@ -80,6 +80,19 @@ def _local_folder(uri: str, options: StorageOptions) -> str:
     return _DOWNLOADED[uri]
 
 
+def score_filter(df, cfg) -> tuple:
+    """The rows the SFT score thresholds keep, and how many each threshold dropped (reason -> rows).
+    A row with a missing score is dropped by its threshold (a NaN is below every threshold)."""
+    dropped = {}
+    for column, threshold in (("pick_score", cfg.min_pick_score), ("aesthetic_score", cfg.min_aesthetic_score)):
+        if threshold is not None:
+            below = ~(df[column] >= threshold)
+            if below.any():
+                dropped[f"{column} < {threshold:g}"] = int(below.sum())
+            df = df[~below]
+    return df, dropped
+
+
 def split_eval(df, fraction: float, seed: int):
     """(train, eval) rows; the same split on every worker."""
     if fraction <= 0:
@@ -105,6 +118,7 @@ class Run:
         self.device = ray.train.torch.get_device()
         seed_everything(job.seed + self.rank)
         self.rows: list[dict] = []  # one per step (rank 0's view, losses averaged over ranks)
+        self.data: dict = {}  # the stage's row accounting (read, dropped by reason, held out, trained on)
         self.starts: list[int] = []  # the step each attempt started from (resume evidence)
         self.state: dict | None = None  # optimiser/scheduler/PPO state from the checkpoint
         self.model_dir: str | None = None  # model weights from the checkpoint
@@ -157,7 +171,8 @@ class Run:
                 unwrap(model).save_pretrained(Path(d) / "model")
                 tokenizer.save_pretrained(Path(d) / "model")
                 torch.save(state, Path(d) / "state.pt")
-                progress = {"step": self.step, "rows": self.rows, "starts": self.starts, "world_size": self.world}
+                progress = {"step": self.step, "rows": self.rows, "starts": self.starts, "world_size": self.world,
+                            "data": self.data}
                 (Path(d) / "progress.json").write_text(json.dumps(progress))
                 checkpoint = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=checkpoint)
@@ -228,15 +243,18 @@ def sft_loop(config: dict) -> None:
     cfg = job.algo
     run = Run(job)
     df = read_frame(job.data_uri, job.options)
-    if job.algo.min_pick_score is not None:  # the paper's SFT loader drops rows under 18.5
-        df = df[df["pick_score"] >= job.algo.min_pick_score]
+    read = len(df)
+    df, dropped = score_filter(df, cfg)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
     source = run.model_source(job.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     ensure_pad_token(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(source).to(run.device)
     keep = length_filter(tokenizer, list(train_df["prompt"]), cfg, job.seed)
+    if len(keep) < len(train_df):
+        dropped["length filter (--min-prompt-tokens, --short-drop)"] = len(train_df) - len(keep)
     train_df = train_df.iloc[keep]
+    run.data = {"read": read, "dropped": dropped, "eval": len(eval_df), "trained_on": len(train_df)}
     dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template,
                           cfg.max_length)
     collate = PadCollator(tokenizer.pad_token_id)
@@ -269,7 +287,11 @@ def reward_loop(config: dict) -> None:
     cfg = job.algo
     run = Run(job)
     df = read_frame(job.data_uri, job.options)
+    read, missing = len(df), df[cfg.score_column].isna()
+    df = df[~missing]  # a row without its label teaches nothing (and would make every loss NaN)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
+    dropped = {f"{cfg.score_column} missing": int(missing.sum())} if missing.any() else {}
+    run.data = {"read": read, "dropped": dropped, "eval": len(eval_df), "trained_on": len(train_df)}
     raws = list(train_df["raw_prompt"]) if "raw_prompt" in train_df else list(train_df["prompt"])
     scores = [float(s) for s in train_df[cfg.score_column]]
     mean, std = label_stats(scores)
@@ -320,6 +342,7 @@ def ppo_loop(config: dict) -> None:
     n_eval = min(job.eval_prompts, len(df) // 2) if job.eval_interval else 0
     shuffled = df.sample(frac=1.0, random_state=job.seed)  # the same held-out raw prompts on every worker
     train_df, eval_df = (shuffled.iloc[n_eval:], shuffled.iloc[:n_eval]) if n_eval else (df, df.iloc[:0])
+    run.data = {"read": len(df), "dropped": {}, "eval": len(eval_df), "trained_on": len(train_df)}
     rows = list(zip(train_df["raw_prompt"], train_df["prompt"]))[run.rank::run.world]  # this worker's prompts
     eval_rows = list(zip(eval_df["raw_prompt"], eval_df["prompt"]))
     eval_rows = eval_rows[run.rank::run.world] or eval_rows
