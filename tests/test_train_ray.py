@@ -85,7 +85,9 @@ def test_reward_model_with_data_checkpoints_and_output_on_s3(ray_cluster, s3_env
     unlabelled.loc[[3, 10, 20], "pick_score"] = float("nan")  # rows the labelling never scored
     unlabelled.to_parquet(tmp_path / "pairs.parquet")
     s3.upload_file(str(tmp_path / "pairs.parquet"), "train-rm", "data/pairs.parquet")
-    assert train("reward", "--kind", "ps", "--data", "s3://train-rm/data", "--output", "s3://train-rm/r_ps",
+    pd.read_parquet(pairs).iloc[:8].to_parquet(tmp_path / "more.parquet")  # a second table, local
+    assert train("reward", "--kind", "ps", "--data", "s3://train-rm/data", "--data", tmp_path / "more.parquet",
+                 "--output", "s3://train-rm/r_ps",
                  "--model", tiny_lm_dir, "--workers", 2, "--epochs", 2, "--max-steps", 4, "--batch-size", 8,
                  "--lr", 1e-3,
                  "--checkpoint-every", 2, "--eval-fraction", 0.2) == 0
@@ -102,7 +104,7 @@ def test_reward_model_with_data_checkpoints_and_output_on_s3(ray_cluster, s3_env
     assert rm.kind == "ps" and rm.mean > 17  # label scale of pick_score kept in the config (no NaN in it)
     s3.download_file("train-rm", "r_ps/summary.json", str(tmp_path / "summary.json"))
     data = json.loads((tmp_path / "summary.json").read_text())["data"]
-    assert data == {"read": 48, "dropped": {"pick_score missing": 3}, "eval": 9, "trained_on": 36}
+    assert data == {"read": 56, "dropped": {"pick_score missing": 3}, "eval": 10, "trained_on": 43}  # both tables
     assert torch.isfinite(rm.score(["a cat"], ["a cat, 8k"])).all()
     s3.download_file("train-rm", "r_ps/metrics.csv", str(tmp_path / "m.csv"))
     metrics = pd.read_csv(tmp_path / "m.csv")
@@ -155,6 +157,9 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tiny_lm_dir, pairs, tmp_path,
     pd.read_parquet(pairs).drop(columns=["pick_score"]).to_parquet(no_scores)
     assert train("reward", "--kind", "ps", "--data", no_scores, "--output", tmp_path / "o", "--model", tiny_lm_dir) == 2
     assert "missing column(s) pick_score" in capsys.readouterr().err
+    assert train("reward", "--kind", "ps", "--data", pairs, "--data", no_scores, "--output", tmp_path / "o",
+                 "--model", tiny_lm_dir) == 2
+    assert f"--data {no_scores}: missing column(s) pick_score" in capsys.readouterr().err  # names the bad table
     assert train("sft", "--data", no_scores, "--output", tmp_path / "o", "--model", tiny_lm_dir,
                  "--min-pick-score", 12) == 2
     assert "missing column(s) pick_score" in capsys.readouterr().err

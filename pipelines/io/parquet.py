@@ -6,6 +6,8 @@ Parquet through these three functions, so a file pyarrow cannot open is the same
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pipelines.io.storage import Location, StorageOptions
 
 
@@ -28,9 +30,13 @@ def column_names(uri: str, loc: Location) -> list[str]:
     return open_parquet(uri, loc).schema_arrow.names
 
 
-def read_frame(uri: str, options: StorageOptions, columns=None):
-    """The Parquet table at ``uri`` (a file or a folder of files; local or s3://) as pandas."""
+def read_frame(uri: str | Sequence[str], options: StorageOptions, columns=None):
+    """The Parquet table at ``uri`` (a file or a folder of files; local or s3://) as pandas; for several
+    URIs their rows one after the other (a column one table lacks is missing in its rows)."""
+    import pandas as pd
     import pyarrow.dataset as pads
 
+    if not isinstance(uri, str):
+        return pd.concat([read_frame(u, options, columns) for u in uri], ignore_index=True)
     loc = options.resolve(uri)
     return pads.dataset(loc.path, filesystem=loc.fs, format="parquet").to_table(columns=columns).to_pandas()

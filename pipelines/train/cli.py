@@ -90,8 +90,9 @@ def register(subparsers) -> None:
 
 
 def _common_args(p: argparse.ArgumentParser, model_help: str | None = None, max_length: int | None = 384) -> None:
-    p.add_argument("--data", required=True, help="Parquet file or folder (local or s3://) with raw_prompt, prompt, "
-                                                 "pick_score, aesthetic_score")
+    p.add_argument("--data", required=True, action="append",
+                   help="Parquet file or folder (local or s3://) with raw_prompt, prompt, pick_score, aesthetic_score; "
+                        "repeat it to train on several tables (their rows one after the other)")
     p.add_argument("--output", required=True, help="output folder (local or s3://): model/, metrics, checkpoints/")
     p.add_argument("--model", required=model_help is None,
                    help=model_help or "base model: Hugging Face id, local folder or s3:// folder (ppo: the SFT model)")
@@ -174,15 +175,19 @@ def build_job(args):
     if not 0 <= fraction < 0.5:
         raise ValueError(f"--eval-fraction must be in [0, 0.5), got {fraction}")
     # Ray workers run in another directory: make local paths absolute here (hub ids stay as they are).
-    for name in ("data", "output", "model", "ref_model", "reward_ps", "reward_aes"):
+    def absolute(value: str) -> str:
+        return value if "://" in value else os.path.abspath(os.path.expanduser(value))
+
+    data = tuple(absolute(d) for d in args.data)
+    for name in ("output", "model", "ref_model", "reward_ps", "reward_aes"):
         value = getattr(args, name, None)
-        if value and "://" not in value and (name in ("data", "output") or os.path.exists(value)):
-            setattr(args, name, os.path.abspath(os.path.expanduser(value)))
-    uris = [args.data, args.output, args.model, *(getattr(args, k, None) for k in ("ref_model", "reward_ps",
-                                                                                "reward_aes"))]
+        if value and (name == "output" or os.path.exists(value)):
+            setattr(args, name, absolute(value))
+    uris = [*data, args.output, args.model, *(getattr(args, k, None) for k in ("ref_model", "reward_ps",
+                                                                               "reward_aes"))]
     options = storage_options(args, uris)
     return TrainJob(
-        stage=args.stage, data_uri=args.data, model=args.model, algo=algo, options=options,
+        stage=args.stage, data_uri=data[0] if len(data) == 1 else data, model=args.model, algo=algo, options=options,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,
         ref_model=getattr(args, "ref_model", None),
         reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
@@ -194,16 +199,21 @@ def build_job(args):
 
 
 def check_data(job) -> int:
-    """Fail fast on the driver: the table exists and has the columns the stage reads. Returns its rows."""
+    """Fail fast on the driver: each table exists and has the columns the stage reads. Returns their rows."""
+    uris = [job.data_uri] if isinstance(job.data_uri, str) else job.data_uri
+    return sum(_check_table(job, uri) for uri in uris)
+
+
+def _check_table(job, uri: str) -> int:
     import pyarrow.dataset as pads
 
     from pipelines.train.loops import REQUIRED_COLUMNS
 
-    loc = job.options.resolve(job.data_uri)
+    loc = job.options.resolve(uri)
     try:
         dataset = pads.dataset(loc.path, filesystem=loc.fs, format="parquet")
     except (OSError, ValueError) as e:
-        raise ValueError(f"--data {job.data_uri}: cannot read Parquet ({str(e).splitlines()[0][:200]})") from e
+        raise ValueError(f"--data {uri}: cannot read Parquet ({str(e).splitlines()[0][:200]})") from e
     needed = list(REQUIRED_COLUMNS[job.stage])
     if job.stage == "reward":
         needed.append(job.algo.score_column)
@@ -216,11 +226,11 @@ def check_data(job) -> int:
             needed.append(column)
     missing = [c for c in needed if c not in dataset.schema.names]
     if missing:
-        raise ValueError(f"--data {job.data_uri}: missing column(s) {', '.join(missing)}; "
+        raise ValueError(f"--data {uri}: missing column(s) {', '.join(missing)}; "
                          f"it has {', '.join(dataset.schema.names)}")
     rows = dataset.count_rows()
     if rows == 0:
-        raise ValueError(f"--data {job.data_uri}: no rows")
+        raise ValueError(f"--data {uri}: no rows")
     return rows
 
 

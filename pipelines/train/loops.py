@@ -38,7 +38,7 @@ class TrainJob:
     """Everything a worker needs; shipped in train_loop_config (its repr never shows credentials)."""
 
     stage: str  # "sft", "reward", "ppo" or "prompt-lm"
-    data_uri: str  # Parquet file or folder: local path or s3://bucket/prefix
+    data_uri: str | tuple[str, ...]  # Parquet file or folder (local path or s3://bucket/prefix), or several
     model: str | None  # base model: Hugging Face id, local or s3:// folder (PPO: the SFT model; prompt-lm: optional)
     algo: object  # SFTConfig, RewardConfig, PPOConfig or PromptLMConfig
     options: StorageOptions = field(default_factory=StorageOptions)  # how to reach S3
