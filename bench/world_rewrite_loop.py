@@ -6,8 +6,9 @@
 
 Stages (each a `promptmine` subprocess; a stage whose output exists is skipped, so a rerun resumes):
 pairs --source world (every good one-object pair an expansion: docs/training.md, runs 8-9) -> world init-lm
--> label (world generator, 8 seeds, PickScore stand-in `world-ref`,
-aesthetic stand-in `world`) -> train sft -> train reward --kind ps / aes -> train ppo -> rewrite the held-out
+-> label (world generator, 8 seeds, PickScore stand-in `world-ref`, aesthetic stand-in `world`) -> pairs and
+label of a second table of failed pairs only (`pairs --bad 1`, another seed; run 14: the reward models learn
+them from it, SFT never sees it) -> train sft -> train reward --kind ps / aes on both tables -> train ppo -> rewrite the held-out
 raw prompts with the SFT and the PPO model -> eval rewrite of each -> paired comparison raw / SFT / PPO
 on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * aesthetic.
 
@@ -33,9 +34,9 @@ SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weig
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
     "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
-                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15),
+                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15, fail_count=7200),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
-                eval_seeds=2, expansions_pct=100, fresh=8, bad_pct=15),
+                eval_seeds=2, expansions_pct=100, fresh=8, bad_pct=15, fail_count=40),
 }
 
 
@@ -54,6 +55,7 @@ def promptmine(args: list[str], log: Path) -> float:
 def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path, list[str]]]:
     """(name, output that marks it done, arguments) of every stage, in order."""
     train = ["--workers", str(workers), "--max-length", "96"]
+    reward_extra = ["--data", str(w / "labels_fail" / "rows")] if s["fail_count"] else []
     return [
         ("pairs", w / "pairs.parquet", ["pairs", "--source", "world", "--count", str(s["count"]),
                                         "--bad", str(s["bad_pct"] / 100),
@@ -65,13 +67,21 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
         ("label", w / "labels" / "metrics.json", ["label", "--input", str(w / "pairs.parquet"), "--output",
                                                   str(w / "labels"), *SCORERS, "--seeds", "8", "--batch-rows", "32",
                                                   "--actors", "2", "--rows-per-shard", "2500"]),
+        *([("pairs-fail", w / "fail_pairs.parquet",
+            ["pairs", "--source", "world", "--seed", str(FAIL_SEED), "--count", str(s["fail_count"]), "--bad", "1",
+             "--expansions", str(s["expansions_pct"] / 100), "--output", str(w / "fail_pairs.parquet")]),
+           ("label-fail", w / "labels_fail" / "metrics.json",
+            ["label", "--input", str(w / "fail_pairs.parquet"), "--output", str(w / "labels_fail"), *SCORERS,
+             "--seeds", "8", "--batch-rows", "32", "--actors", "2", "--rows-per-shard", "2500"])]
+          if s["fail_count"] else []),
         ("sft", w / "sft" / "summary.json", ["train", "sft", "--data", str(w / "labels" / "rows"),
                                              "--min-pick-score", "12", "--output",
                                              str(w / "sft"), "--model", str(w / "lm"), "--epochs",
                                              str(s["sft_epochs"]), "--batch-size", "16", "--lr", "3e-3",
                                              "--checkpoint-every", "500", "--eval-fraction", "0.05", *train]),
         *[(f"reward-{k}", w / f"r_{k}" / "summary.json",
-           ["train", "reward", "--kind", k, "--data", str(w / "labels" / "rows"), "--output", str(w / f"r_{k}"),
+           ["train", "reward", "--kind", k, "--data", str(w / "labels" / "rows"), *reward_extra, "--output",
+            str(w / f"r_{k}"),
             "--model", str(w / ("lm4" if k == "ps" else "sft/model")), "--epochs", str(s["reward_epochs"]),
             "--batch-size", "16", "--lr", "1e-3" if k == "ps" else "2e-3", "--checkpoint-every", "1000",
             "--eval-fraction", "0.05", *train]) for k in ("ps", "aes")],
@@ -95,6 +105,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
     ]
 
 
+FAIL_SEED = 8  # the failures table's `pairs --seed` (the main table uses the default, 0)
 HELDOUT_SETS = ("", "_fresh")  # heldout.parquet (from `pairs --holdout`) and heldout_fresh.parquet
 
 
@@ -200,9 +211,10 @@ def main() -> None:
     scale = dict(SCALES[args.scale])
     for item in args.set:
         key, _, value = item.partition("=")
-        low, high = {"expansions_pct": (0, 100), "bad_pct": (0, 99)}.get(key, (1, None))
+        low, high = {"expansions_pct": (0, 100), "bad_pct": (0, 99), "fail_count": (0, None)}.get(key, (1, None))
         if key not in scale or not value.isdigit() or int(value) < low or (high and int(value) > high):
-            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100, bad_pct: 0-99) and KEY one of "
+            ap.error(f"--set {item!r}: want KEY=N with N >= 1 (expansions_pct: 0-100, bad_pct: 0-99, fail_count: "
+                     f">= 0, 0: no failures table) and KEY one of "
                      f"{', '.join(scale)}")
         scale[key] = int(value)
     w = args.workdir.resolve()

@@ -69,6 +69,13 @@ def test_world_pairs_hold_out_raw_prompts(tmp_path, capsys):
         assert {p["source"] for p in bad} == set(BAD_KINDS), expansions
         for p in bad:
             assert_fails_the_raw_prompt(p, expansions)
+    # --bad 1: a table of failures only (the reward models' second table), through the CLI
+    assert main(["pairs", "--source", "world", "--seed", "8", "--count", "60", "--bad", "1", "--expansions", "1",
+                 "--output", str(tmp_path / "fail.parquet")]) == 0
+    failed = pd.read_parquet(tmp_path / "fail.parquet").to_dict("records")
+    assert len(failed) == 60 and {p["source"] for p in failed} == set(BAD_KINDS)
+    for p in failed:
+        assert_fails_the_raw_prompt(p, 1.0)
     assert main(["pairs", "--source", "world", "--count", "10", "--holdout", "3", "--output",
                  str(tmp_path / "x.parquet")]) == 2  # a hold-out needs a file to go to
     assert "--holdout-output" in capsys.readouterr().err

@@ -147,14 +147,15 @@ def world_pairs(n: int, seed: int = 0, bad: float = 0.0, expansions: float = 0.0
     reward models what a bad image is; ``train sft --min-pick-score`` keeps them out of SFT, as the paper's
     filter does. With ``expansions``, that share of the one-object bad prompts is written as an expansion of
     the failed scene whose copied raw words were edited to match it ("a red star at the top" -> "a red star
-    at the bottom, large, ..."), the form a policy trained on expansions fails in.
+    at the bottom, large, ..."), the form a policy trained on expansions fails in. ``bad`` 1 makes a table of
+    failures only, for the reward models and never for SFT (bench/world_rewrite_loop.py, run 14).
 
     ``expansions``: share of the good one-object pairs whose prompt is ``expansion_prompt`` (the raw prompt
     word for word, then the rest; source ``world-expansion``) instead of a caption written afresh."""
     if n < 1:
         raise ValueError(f"need at least one pair, got {n}")
-    if not 0 <= bad < 1:
-        raise ValueError(f"--bad: the share of bad pairs must be in [0, 1), got {bad}")
+    if not 0 <= bad <= 1:
+        raise ValueError(f"--bad: the share of bad pairs must be in [0, 1], got {bad}")
     if not 0 <= expansions <= 1:
         raise ValueError(f"--expansions: the share of expansion pairs must be in [0, 1], got {expansions}")
     rng = random.Random(f"world-pairs:{seed}")

@@ -42,7 +42,8 @@ def _register_pairs(subparsers) -> None:
     g.add_argument("--bad", type=float, default=0.0,
                    help="world: share of failed prompts, a third each: the object in the background's colour, another "
                         "shape, or another value of an attribute the raw prompt names; "
-                        "they teach the reward models, `train sft --min-pick-score` filters them (default 0)")
+                        "they teach the reward models, `train sft --min-pick-score` filters them (default 0; 1: a "
+                        "table of failures only, for `train reward --data`)")
     g.add_argument("--expansions", type=float, default=0.0,
                    help="world: share of the good one-object pairs whose prompt keeps the raw prompt word for word "
                         "and adds what it leaves unsaid ('a red star, large, blue background, striped, sharp'), as "
