@@ -8,9 +8,9 @@ Stages (each a `promptmine` subprocess; a stage whose output exists is skipped, 
 pairs --source world (every good one-object pair an expansion: docs/training.md, runs 8-9) -> world init-lm
 -> label (world generator, 8 seeds, PickScore stand-in `world-ref`, aesthetic stand-in `world`) -> pairs and
 label of a second table of failed pairs only (`pairs --bad 1`, another seed; run 14: the reward models learn
-them from it, SFT never sees it) -> train sft -> train reward --kind ps / aes on both tables -> train ppo -> rewrite the held-out
-raw prompts with the SFT and the PPO model -> eval rewrite of each -> paired comparison raw / SFT / PPO
-on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * aesthetic.
+them from it, SFT never sees it) -> train sft -> train reward --kind ps / aes on both tables -> train ppo
+-> rewrite the held-out raw prompts with the SFT and the PPO model -> eval rewrite of each -> paired
+comparison raw / SFT / PPO on each stand-in score and on the combined reward alpha * pick + (1 - alpha) * aesthetic.
 
 Two held-out sets: ``heldout`` (the 32 raw prompts `pairs --holdout` keeps out of training, on which the
 recipe was developed) and ``heldout_fresh`` (128 raw prompts that no training pair and no first held-out
@@ -34,9 +34,9 @@ SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weig
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
     "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=320, rollouts=64, minibatch=16,
-                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15, fail_count=7200),
+                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15, fail_count=7200, kl_horizon=2000),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
-                eval_seeds=2, expansions_pct=100, fresh=8, bad_pct=15, fail_count=40),
+                eval_seeds=2, expansions_pct=100, fresh=8, bad_pct=15, fail_count=40, kl_horizon=2000),
 }
 
 
@@ -91,7 +91,7 @@ def stages(w: Path, s: dict, alpha: float, workers: int) -> list[tuple[str, Path
           "--reward-aes", str(w / "r_aes" / "model"),
           "--alpha", str(alpha), "--max-steps", str(s["ppo_steps"]), "--rollouts-per-step", str(s["rollouts"]),
           "--chunk-size", str(s["rollouts"]), "--minibatch-size", str(s["minibatch"]), "--ppo-epochs", "4",
-          "--num-layers-unfrozen", "-1", "--lr", "5e-5", "--max-new-tokens", "40", "--kl-horizon", "2000",
+          "--num-layers-unfrozen", "-1", "--lr", "5e-5", "--max-new-tokens", "40", "--kl-horizon", str(s["kl_horizon"]),
           "--eval-interval", str(max(1, s["ppo_steps"] // 4)), "--eval-prompts", "32", "--checkpoint-every", "1000",
           *train]),
         *[(f"rewrite-{m}{x}", w / f"rw_{m}{x}" / "summary.json",
