@@ -244,7 +244,7 @@ def test_train_job_entrypoint():
     doc = manifest("rayjob-train.yaml")
     args = parse_promptmine(doc["spec"]["entrypoint"])
     assert (args.command, args.stage) == ("train", "sft")
-    assert args.data.startswith("s3://") and args.output.startswith("s3://") and args.address == "auto"
+    assert [d[:5] for d in args.data] == ["s3://"] and args.output.startswith("s3://") and args.address == "auto"
     [gpu] = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert args.workers == gpu["replicas"] == gpu["minReplicas"] == gpu["maxReplicas"]  # one pod per DDP rank
