@@ -60,6 +60,19 @@ class SFTConfig:
                              f"{self.min_prompt_tokens}, {self.short_prompt_tokens}, {self.short_drop}")
 
 
+def score_filter(df, cfg: SFTConfig) -> tuple:
+    """The rows of the pandas frame ``df`` the SFT score thresholds keep, and how many each threshold dropped
+    (reason -> rows). A row with a missing score is dropped by its threshold (a NaN is below every threshold)."""
+    dropped = {}
+    for column, threshold in (("pick_score", cfg.min_pick_score), ("aesthetic_score", cfg.min_aesthetic_score)):
+        if threshold is not None:
+            below = ~(df[column] >= threshold)
+            if below.any():
+                dropped[f"{column} < {threshold:g}"] = int(below.sum())
+            df = df[~below]
+    return df, dropped
+
+
 def length_filter(tokenizer, prompts: Sequence[str], cfg: SFTConfig, seed: int = 0) -> list[int]:
     """Indices of the pairs the paper's SFT length filter keeps, judged on the target prompt's tokens.
 

@@ -187,7 +187,7 @@ def build_job(args):
                                                                                "reward_aes"))]
     options = storage_options(args, uris)
     return TrainJob(
-        stage=args.stage, data_uri=data[0] if len(data) == 1 else data, model=args.model, algo=algo, options=options,
+        stage=args.stage, data_uris=data, model=args.model, algo=algo, options=options,
         max_steps=args.max_steps, checkpoint_every=args.checkpoint_every, seed=args.seed, eval_fraction=fraction,
         ref_model=getattr(args, "ref_model", None),
         reward_ps=getattr(args, "reward_ps", None), reward_aes=getattr(args, "reward_aes", None),
@@ -200,8 +200,7 @@ def build_job(args):
 
 def check_data(job) -> int:
     """Fail fast on the driver: each table exists and has the columns the stage reads. Returns their rows."""
-    uris = [job.data_uri] if isinstance(job.data_uri, str) else job.data_uri
-    return sum(_check_table(job, uri) for uri in uris)
+    return sum(_check_table(job, uri) for uri in job.data_uris)
 
 
 def _check_table(job, uri: str) -> int:

@@ -38,7 +38,7 @@ class TrainJob:
     """Everything a worker needs; shipped in train_loop_config (its repr never shows credentials)."""
 
     stage: str  # "sft", "reward", "ppo" or "prompt-lm"
-    data_uri: str | tuple[str, ...]  # Parquet file or folder (local path or s3://bucket/prefix), or several
+    data_uris: tuple[str, ...]  # Parquet files or folders (local paths or s3://bucket/prefix), rows concatenated
     model: str | None  # base model: Hugging Face id, local or s3:// folder (PPO: the SFT model; prompt-lm: optional)
     algo: object  # SFTConfig, RewardConfig, PPOConfig or PromptLMConfig
     options: StorageOptions = field(default_factory=StorageOptions)  # how to reach S3
@@ -78,19 +78,6 @@ def _local_folder(uri: str, options: StorageOptions) -> str:
             target.write_bytes(loc.read_bytes())
         _DOWNLOADED[uri] = str(folder)
     return _DOWNLOADED[uri]
-
-
-def score_filter(df, cfg) -> tuple:
-    """The rows the SFT score thresholds keep, and how many each threshold dropped (reason -> rows).
-    A row with a missing score is dropped by its threshold (a NaN is below every threshold)."""
-    dropped = {}
-    for column, threshold in (("pick_score", cfg.min_pick_score), ("aesthetic_score", cfg.min_aesthetic_score)):
-        if threshold is not None:
-            below = ~(df[column] >= threshold)
-            if below.any():
-                dropped[f"{column} < {threshold:g}"] = int(below.sum())
-            df = df[~below]
-    return df, dropped
 
 
 def split_eval(df, fraction: float, seed: int):
@@ -236,13 +223,13 @@ def _fit_supervised(run: Run, model, tokenizer, dataset, collate, loss_fn, cfg, 
 def sft_loop(config: dict) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pez_core.rewrite.sft import PadCollator, PairDataset, evaluate_loss, length_filter, sft_loss
+    from pez_core.rewrite.sft import PadCollator, PairDataset, evaluate_loss, length_filter, score_filter, sft_loss
     from pez_core.rewrite.tokenizer import ensure_pad_token
 
     job: TrainJob = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_frame(job.data_uri, job.options)
+    df = read_frame(job.data_uris, job.options)
     read = len(df)
     df, dropped = score_filter(df, cfg)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
@@ -286,7 +273,7 @@ def reward_loop(config: dict) -> None:
     job: TrainJob = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_frame(job.data_uri, job.options)
+    df = read_frame(job.data_uris, job.options)
     read, missing = len(df), df[cfg.score_column].isna()
     df = df[~missing]  # a row without its label teaches nothing (and would make every loss NaN)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
@@ -338,7 +325,7 @@ def ppo_loop(config: dict) -> None:
     cfg = job.algo
     cfg = dataclasses.replace(cfg, total_steps=min(cfg.total_steps, job.max_steps or cfg.total_steps))
     run = Run(job)
-    df = read_frame(job.data_uri, job.options, columns=["raw_prompt", "prompt"])
+    df = read_frame(job.data_uris, job.options, columns=["raw_prompt", "prompt"])
     n_eval = min(job.eval_prompts, len(df) // 2) if job.eval_interval else 0
     shuffled = df.sample(frac=1.0, random_state=job.seed)  # the same held-out raw prompts on every worker
     train_df, eval_df = (shuffled.iloc[n_eval:], shuffled.iloc[:n_eval]) if n_eval else (df, df.iloc[:0])
@@ -347,7 +334,7 @@ def ppo_loop(config: dict) -> None:
     eval_rows = list(zip(eval_df["raw_prompt"], eval_df["prompt"]))
     eval_rows = eval_rows[run.rank::run.world] or eval_rows
     if not rows:
-        raise ValueError(f"{job.data_uri}: no prompts for worker {run.rank} of {run.world}")
+        raise ValueError(f"{', '.join(job.data_uris)}: no prompts for worker {run.rank} of {run.world}")
     source = run.model_source(job.model)
     tokenizer = AutoTokenizer.from_pretrained(source)
     ensure_pad_token(tokenizer)

@@ -54,11 +54,11 @@ def prompt_lm_loop(config: dict) -> None:
     job = config["job"]
     cfg = job.algo
     run = Run(job)
-    df = read_frame(job.data_uri, job.options, columns=[cfg.column])
+    df = read_frame(job.data_uris, job.options, columns=[cfg.column])
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
     tokens = clip_token_lists(train_df[cfg.column], cfg.max_length)
     if not tokens:
-        raise ValueError(f"{job.data_uri}: no non-empty text in column {cfg.column!r}")
+        raise ValueError(f"{', '.join(job.data_uris)}: no non-empty text in column {cfg.column!r}")
     if run.model_dir or job.model:  # a checkpoint (resume) or a prompt LM to continue: its vocabulary
         from transformers import AutoModelForCausalLM
 
