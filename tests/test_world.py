@@ -74,6 +74,60 @@ def test_hard_negatives_are_false_captions_close_to_the_true_one():
     assert close >= 0.75 * 300  # most differ from the positive in one word (a desynchronised synonym at worst)
 
 
+def test_reading_phase_negatives_are_edits_that_the_renderer_reads_differently():
+    """Mutations caught: an edit the parser reads as the caption (a false negative), a contradiction that
+    drops or changes the caption's own words, a deletion that removes more than one word."""
+    from pez_core.world.negatives import contradicted, deleted
+
+    rng, made = random.Random(5), {"contradicted": 0, "deleted": 0}
+    for _ in range(100):
+        s = sample_scene(rng, 0.3)
+        positive = caption(s, rng, drop=0.1)
+        for name, edit in (("contradicted", contradicted(s, positive, rng)), ("deleted", deleted(positive, rng))):
+            if not edit:
+                continue
+            made[name] += 1
+            assert parse(edit) != parse(positive), (positive, edit)
+            words, pos = [w.strip(",") for w in edit.split()], [w.strip(",") for w in positive.split()]
+            longer, shorter = (words, pos) if name == "contradicted" else (pos, words)
+            it = iter(longer)  # the shorter text is the longer one with one to four words taken out ("left of a star"), in order
+            assert all(w in it for w in shorter) and 1 <= len(longer) - len(shorter) <= 4, (positive, edit)
+    assert made["contradicted"] >= 95 and made["deleted"] >= 80
+
+
+def test_reading_phase_keeps_the_first_phase_and_restarts_adamw(tiny_cfg):
+    """Mutations caught: the reading phase changing the first phase's batches (the shipped recipe would no
+    longer reproduce), its negatives left as attribute swaps, its lr schedule not restarting from read_lr,
+    AdamW's moments carried over the boundary, the image tower updated in the reading phase."""
+    from dataclasses import replace
+
+    from pez_core.world.train_clip import TrainState, build_model, build_optimiser, lr_at, make_batch, train_steps
+
+    torch.set_num_threads(1)
+    cfg = replace(tiny_cfg, steps=4, read_steps=3, read_lr=1e-3, read_contradictions=0.5, read_deletions=0.5)
+    plain = replace(tiny_cfg, steps=4)
+    assert cfg.total_steps == 7
+    for step in (0, 3):
+        assert make_batch(cfg, step)["captions"] == make_batch(plain, step)["captions"]
+        assert torch.equal(make_batch(cfg, step)["negative_ids"], make_batch(plain, step)["negative_ids"])
+    reading, as_before = make_batch(cfg, 4), make_batch(plain, 4)
+    assert reading["captions"] == as_before["captions"]  # the same scenes and captions; other negatives
+    assert not torch.equal(reading["negative_ids"], as_before["negative_ids"])
+    warm = max(1, int(cfg.warmup * 3))
+    assert lr_at(cfg, 3) < lr_at(cfg, 0) * 1.01 and lr_at(cfg, 4) == pytest.approx(1e-3 / warm)
+    model = build_model(cfg)
+    opt = build_optimiser(model, cfg)
+    state = train_steps(model, opt, TrainState(), cfg, 0, 4)
+    image = {k: v.clone() for k, v in model.clip.visual.state_dict().items()}
+    text = model.clip.token_embedding.weight.clone()
+    train_steps(model, opt, state, cfg, 4, 6)
+    steps_seen = {int(st["step"]) for st in opt.state.values()}
+    assert steps_seen == {2}  # AdamW restarted at step 4: two updates since, of the text tower only
+    for k, v in model.clip.visual.state_dict().items():  # weights and batch-norm statistics
+        assert torch.equal(v, image[k]), k
+    assert not torch.equal(model.clip.token_embedding.weight, text)
+
+
 def test_hard_negatives_enter_the_image_to_text_loss(tiny_cfg):
     """Mutation caught: hard-negative captions encoded but left out of the softmax (loss unchanged)."""
     from dataclasses import replace

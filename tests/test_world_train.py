@@ -1,5 +1,5 @@
-"""`promptmine world train` on a real local Ray: DDP over 2 workers, a worker killed mid-run, the restart
-from the last checkpoint, and the published CLIP loaded through load_clip."""
+"""`promptmine world train` on a real local Ray: DDP over 2 workers, a worker killed mid-run in the reading
+phase, the restart from the last checkpoint, and the published CLIP loaded through load_clip."""
 
 import json
 
@@ -14,12 +14,13 @@ def test_world_train_on_two_workers_survives_a_killed_worker(ray_cluster, tmp_pa
     config = tmp_path / "world-train-test.json"
     config.write_text(json.dumps(TINY))
     out, marker = tmp_path / "world", tmp_path / "killed.txt"
-    assert main(["world", "train", "--output", str(out), "--config", str(config), "--steps", "6", "--batch", "8",
+    assert main(["world", "train", "--output", str(out), "--config", str(config), "--steps", "3", "--read-steps", "3", "--batch", "8",
                  "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2", "--log-every", "1",
                  "--eval-scenes", "4", "--max-failures", "1", "--inject-failure", f"5:{marker}"]) == 0
     assert marker.exists()  # a worker really died in the block holding step 5
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["steps"] == 6 and summary["world_size"] == 2
+    assert summary["steps"] == 6 and summary["world_size"] == 2  # 3 steps, then 3 of the reading phase
+    assert summary["config"]["steps"] == 3 and summary["config"]["read_steps"] == 3
     first, resumed = summary["attempt_start_steps"]
     # restarted from a checkpoint, not from zero (Ray resumes from the last *registered* one: 2 or 4)
     assert first == 0 and resumed in (2, 4), summary

@@ -54,6 +54,15 @@ class WorldTrainConfig:
     aux_weight: float = 1.0  # auxiliary attribute-classification loss weight at step 0 (0 disables)
     aux_until: float = 0.8  # share of steps over which the aux weight decays linearly to 0
     hard_negatives: int = 2  # extra captions per image that differ from its own in one attribute (0-4)
+    # the reading phase: read_steps more steps after ``steps`` that train the text tower only (the image
+    # tower frozen in eval mode, so image embeddings and what is built on them, such as the aesthetic
+    # stand-in, stay valid), with a fresh AdamW (peak read_lr, the same warmup share and cosine), no
+    # auxiliary heads, and these shares of the hard negatives replaced by edits of the caption's own text
+    # that the renderer reads differently (negatives.hard_negative_captions)
+    read_steps: int = 0
+    read_lr: float = 5e-4
+    read_contradictions: float = 0.35
+    read_deletions: float = 0.25
     threads: int = 1  # torch threads per worker
 
     def __post_init__(self):
@@ -65,6 +74,17 @@ class WorldTrainConfig:
             raise ValueError("drop in [0, 1), filler in [0, 1], aux_until in (0, 1] needed")
         if not 0 <= self.hard_negatives <= 8:
             raise ValueError(f"hard_negatives must be in 0..8, got {self.hard_negatives}")
+        if self.read_steps < 0 or not 0 < self.read_lr < 1:
+            raise ValueError(f"read_steps >= 0 and read_lr in (0, 1) needed, got {self.read_steps}, {self.read_lr}")
+        if not (0 <= self.read_contradictions and 0 <= self.read_deletions
+                and self.read_contradictions + self.read_deletions <= 1):
+            raise ValueError("read_contradictions and read_deletions must be >= 0 and sum to at most 1, got "
+                             f"{self.read_contradictions} and {self.read_deletions}")
+
+    @property
+    def total_steps(self) -> int:
+        """``steps`` of the first phase plus ``read_steps`` of the reading phase."""
+        return self.steps + self.read_steps
 
 
 # ---- labels of the auxiliary heads ----------------------------------------------------------------
@@ -164,6 +184,7 @@ def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int 
         raise ValueError(f"batch {cfg.batch} is not divisible by world_size {world_size}")
     per = cfg.batch // world_size
     size, text = image_size(cfg), _text()
+    reading = step >= cfg.steps  # the reading phase's negatives
     scenes, captions, images, rngs, negatives = [], [], [], [], []
     for i in range(rank * per, (rank + 1) * per):
         rng = random.Random(f"{cfg.seed}:{step}:{i}")
@@ -172,7 +193,8 @@ def make_batch(cfg: WorldTrainConfig, step: int, rank: int = 0, world_size: int 
         template = rng.getstate()
         captions.append(caption(scene, rng, drop=cfg.drop))
         images.append(render_scene(scene, rng.randrange(1 << 30), size))
-        negatives += hard_negative_captions(scene, captions[-1], template, rng, cfg.hard_negatives, cfg.drop)
+        negatives += hard_negative_captions(scene, captions[-1], template, rng, cfg.hard_negatives, cfg.drop,
+                                            *((cfg.read_contradictions, cfg.read_deletions) if reading else ()))
         rngs.append(rng)
     ids = text.ids(captions, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:filler"), cfg.filler)
     neg_ids = text.ids(negatives, cfg.text_len, random.Random(f"{cfg.seed}:{step}:{rank}:neg"), cfg.filler)
@@ -261,15 +283,19 @@ def build_optimiser(model: nn.Module, cfg: WorldTrainConfig) -> torch.optim.Opti
 
 
 def lr_at(cfg: WorldTrainConfig, step: int) -> float:
-    warm = max(1, int(cfg.warmup * cfg.steps))
+    """Linear warmup, then cosine to ``lr_end`` x the peak: over ``steps`` from ``lr``, then again over the
+    reading phase's ``read_steps`` from ``read_lr``."""
+    peak, steps = (cfg.lr, cfg.steps) if step < cfg.steps else (cfg.read_lr, cfg.read_steps)
+    step -= 0 if step < cfg.steps else cfg.steps
+    warm = max(1, int(cfg.warmup * steps))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
-    t = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (cfg.lr_end + (1 - cfg.lr_end) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, steps - warm)
+    return peak * (cfg.lr_end + (1 - cfg.lr_end) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def aux_weight_at(cfg: WorldTrainConfig, step: int) -> float:
-    return cfg.aux_weight * max(0.0, 1 - step / (cfg.aux_until * cfg.steps))
+    return cfg.aux_weight * max(0.0, 1 - step / (cfg.aux_until * cfg.steps))  # 0 in the reading phase
 
 
 def loss_of(model: nn.Module, batch: dict, aux_w: float) -> tuple[torch.Tensor, dict]:
@@ -312,14 +338,23 @@ def train_steps(model: nn.Module, optimiser: torch.optim.Optimizer, state: Train
     """Run steps [start_step, end_step): the same weights whether run at once or resumed in pieces."""
     torch.set_num_threads(cfg.threads)
     model.train()
+    visual = getattr(model, "module", model).clip.visual
     for step in range(start_step, end_step):
         t0 = time.perf_counter()
+        reading = step >= cfg.steps
+        if step == cfg.steps and cfg.read_steps:
+            optimiser.state.clear()  # the reading phase starts with a fresh AdamW (its moments and step counts)
+        if reading:  # the image tower stays as it is: eval mode, so its batch-norm statistics do not move
+            visual.eval()
         batch = make_batch(cfg, step, rank, world_size)
         for g in optimiser.param_groups:
             g["lr"] = lr_at(cfg, step)
         loss, info = loss_of(model, batch, aux_weight_at(cfg, step))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if reading:  # ... and no update: AdamW skips a parameter without a gradient (no decay either)
+            for p in visual.parameters():
+                p.grad = None
         optimiser.step()
         state.step, state.seconds = step + 1, state.seconds + time.perf_counter() - t0
         if step % log_every == 0 or step == end_step - 1:
@@ -376,5 +411,5 @@ def train(cfg: WorldTrainConfig, log_every: int = 50) -> tuple[WorldTrainModel, 
     """A whole single-process run (what a Ray Train worker does with rank 0 of 1)."""
     model = build_model(cfg)
     opt = build_optimiser(model, cfg)
-    state = train_steps(model, opt, TrainState(), cfg, 0, cfg.steps, log_every=log_every)
+    state = train_steps(model, opt, TrainState(), cfg, 0, cfg.total_steps, log_every=log_every)
     return model, state

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
 SEEDS = {"world": 0, "world-ref": 1}  # the shipped presets' seeds (independently seeded models)
 # where a kind's shipped recipe differs from the WorldTrainConfig defaults (world-ref: the first release's)
-RECIPES = {"world": {}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
+RECIPES = {"world": {"read_steps": 600}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
 
 
 @dataclass
@@ -79,8 +79,8 @@ def world_loop(config: dict) -> None:
     starts.append(state.step)
     log.info("world rank %d/%d starts at step %d", rank, world, state.step)
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1 (the optimiser holds the same tensors)
-    while state.step < cfg.steps:
-        end = min(cfg.steps, (state.step // job.checkpoint_every + 1) * job.checkpoint_every)
+    while state.step < cfg.total_steps:
+        end = min(cfg.total_steps, (state.step // job.checkpoint_every + 1) * job.checkpoint_every)
         _maybe_fail(job, state.step, end, rank, world)
         train_steps(model, optimiser, state, cfg, state.step, end, rank=rank, world_size=world,
                     log_every=job.log_every)
@@ -119,7 +119,8 @@ def build_job(args) -> WorldJob:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "hard_negatives": args.hard_negatives}
+    given = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "hard_negatives": args.hard_negatives,
+             "read_steps": args.read_steps}
     config_file = None
     if args.config and args.config.endswith(".json"):
         if not os.path.isfile(args.config):
@@ -212,7 +213,10 @@ def register(subparsers) -> None:
                         "seeded reference CLIP that scores regenerated images (default world)")
     t.add_argument("--config", help="another open_clip config: a registered name or a JSON file (default: the kind's own)")
     t.add_argument("--seed", type=int, help="model and data seed (default: world 0, world-ref 1, as shipped)")
-    t.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
+    t.add_argument("--steps", type=int, help="optimiser steps of the first phase (default: the recipe's)")
+    t.add_argument("--read-steps", type=int, help="steps of the reading phase after them (default: the recipe's, "
+                   "world 600, world-ref 0): a fresh AdamW at lr 5e-4 and hard negatives that insert a "
+                   "contradicting word or leave a named one out (docs/world.md)")
     t.add_argument("--batch", type=int, help="global batch, split over workers (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--hard-negatives", type=int, help="false captions per image close to its own, as extra "
