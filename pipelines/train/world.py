@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 KINDS = {"world": "promptmine-world-rn", "world-ref": "promptmine-world-ref-rn"}  # --kind -> open_clip config
 SEEDS = {"world": 0, "world-ref": 1}  # the shipped presets' seeds (independently seeded models)
 # where a kind's shipped recipe differs from the WorldTrainConfig defaults (world-ref: the first release's)
-RECIPES = {"world": {"read_steps": 600}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
+RECIPES = {"world": {}, "world-ref": {"steps": 1500, "hard_negatives": 0}}
 
 
 @dataclass
@@ -214,9 +214,9 @@ def register(subparsers) -> None:
     t.add_argument("--config", help="another open_clip config: a registered name or a JSON file (default: the kind's own)")
     t.add_argument("--seed", type=int, help="model and data seed (default: world 0, world-ref 1, as shipped)")
     t.add_argument("--steps", type=int, help="optimiser steps of the first phase (default: the recipe's)")
-    t.add_argument("--read-steps", type=int, help="steps of the reading phase after them (default: the recipe's, "
-                   "world 600, world-ref 0): a fresh AdamW at lr 5e-4 and hard negatives that insert a "
-                   "contradicting word or leave a named one out (docs/world.md)")
+    t.add_argument("--read-steps", type=int, help="steps of a reading phase after them (default 0; 600 measured): "
+                   "the text tower only, a fresh AdamW at lr 5e-4, hard negatives that insert a contradicting "
+                   "word or leave a named one out (docs/world.md; not yet in the shipped recipe)")
     t.add_argument("--batch", type=int, help="global batch, split over workers (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--hard-negatives", type=int, help="false captions per image close to its own, as extra "
