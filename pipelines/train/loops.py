@@ -123,6 +123,11 @@ class Run:
         self.starts.append(self.step)
         log.info("rank %d/%d starts at step %d", self.rank, self.world, self.step)
 
+    def account(self, read: int, dropped: dict[str, int], eval_rows: int, trained_on: int) -> None:
+        """The stage's row accounting (summary.json ``data``): rows read = dropped (by reason) + held out
+        for evaluation + trained on."""
+        self.data = {"read": read, "dropped": dropped, "eval": eval_rows, "trained_on": trained_on}
+
     def model_source(self, base: str) -> str:
         return self.model_dir or _local_folder(base, self.job.options)
 
@@ -241,7 +246,7 @@ def sft_loop(config: dict) -> None:
     if len(keep) < len(train_df):
         dropped["length filter (--min-prompt-tokens, --short-drop)"] = len(train_df) - len(keep)
     train_df = train_df.iloc[keep]
-    run.data = {"read": read, "dropped": dropped, "eval": len(eval_df), "trained_on": len(train_df)}
+    run.account(read, dropped, len(eval_df), len(train_df))
     dataset = PairDataset(tokenizer, list(train_df["raw_prompt"]), list(train_df["prompt"]), cfg.template,
                           cfg.max_length)
     collate = PadCollator(tokenizer.pad_token_id)
@@ -278,7 +283,7 @@ def reward_loop(config: dict) -> None:
     df = df[~missing]  # a row without its label teaches nothing (and would make every loss NaN)
     train_df, eval_df = split_eval(df, job.eval_fraction, job.seed)
     dropped = {f"{cfg.score_column} missing": int(missing.sum())} if missing.any() else {}
-    run.data = {"read": read, "dropped": dropped, "eval": len(eval_df), "trained_on": len(train_df)}
+    run.account(read, dropped, len(eval_df), len(train_df))
     raws = list(train_df["raw_prompt"]) if "raw_prompt" in train_df else list(train_df["prompt"])
     scores = [float(s) for s in train_df[cfg.score_column]]
     mean, std = label_stats(scores)
@@ -329,7 +334,7 @@ def ppo_loop(config: dict) -> None:
     n_eval = min(job.eval_prompts, len(df) // 2) if job.eval_interval else 0
     shuffled = df.sample(frac=1.0, random_state=job.seed)  # the same held-out raw prompts on every worker
     train_df, eval_df = (shuffled.iloc[n_eval:], shuffled.iloc[:n_eval]) if n_eval else (df, df.iloc[:0])
-    run.data = {"read": len(df), "dropped": {}, "eval": len(eval_df), "trained_on": len(train_df)}
+    run.account(len(df), {}, len(eval_df), len(train_df))
     rows = list(zip(train_df["raw_prompt"], train_df["prompt"]))[run.rank::run.world]  # this worker's prompts
     eval_rows = list(zip(eval_df["raw_prompt"], eval_df["prompt"]))
     eval_rows = eval_rows[run.rank::run.world] or eval_rows
