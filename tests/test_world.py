@@ -90,7 +90,8 @@ def test_reading_phase_negatives_are_edits_that_the_renderer_reads_differently()
             assert parse(edit) != parse(positive), (positive, edit)
             words, pos = [w.strip(",") for w in edit.split()], [w.strip(",") for w in positive.split()]
             longer, shorter = (words, pos) if name == "contradicted" else (pos, words)
-            it = iter(longer)  # the shorter text is the longer one with one to four words taken out ("left of a star"), in order
+            # the shorter text is the longer one with one to four words ("left of a star") taken out, in order
+            it = iter(longer)
             assert all(w in it for w in shorter) and 1 <= len(longer) - len(shorter) <= 4, (positive, edit)
     assert made["contradicted"] >= 95 and made["deleted"] >= 80
 

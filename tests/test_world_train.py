@@ -14,8 +14,8 @@ def test_world_train_on_two_workers_survives_a_killed_worker(ray_cluster, tmp_pa
     config = tmp_path / "world-train-test.json"
     config.write_text(json.dumps(TINY))
     out, marker = tmp_path / "world", tmp_path / "killed.txt"
-    assert main(["world", "train", "--output", str(out), "--config", str(config), "--steps", "3", "--read-steps", "3", "--batch", "8",
-                 "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2", "--log-every", "1",
+    assert main(["world", "train", "--output", str(out), "--config", str(config), "--steps", "3", "--read-steps", "3",
+                 "--batch", "8", "--workers", "2", "--cpus-per-worker", "0.5", "--checkpoint-every", "2", "--log-every", "1",
                  "--eval-scenes", "4", "--max-failures", "1", "--inject-failure", f"5:{marker}"]) == 0
     assert marker.exists()  # a worker really died in the block holding step 5
     summary = json.loads((out / "summary.json").read_text())

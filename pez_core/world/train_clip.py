@@ -285,8 +285,10 @@ def build_optimiser(model: nn.Module, cfg: WorldTrainConfig) -> torch.optim.Opti
 def lr_at(cfg: WorldTrainConfig, step: int) -> float:
     """Linear warmup, then cosine to ``lr_end`` x the peak: over ``steps`` from ``lr``, then again over the
     reading phase's ``read_steps`` from ``read_lr``."""
-    peak, steps = (cfg.lr, cfg.steps) if step < cfg.steps else (cfg.read_lr, cfg.read_steps)
-    step -= 0 if step < cfg.steps else cfg.steps
+    if step >= cfg.steps:  # the reading phase: its own step count from 0
+        peak, steps, step = cfg.read_lr, cfg.read_steps, step - cfg.steps
+    else:
+        peak, steps = cfg.lr, cfg.steps
     warm = max(1, int(cfg.warmup * steps))
     if step < warm:
         return peak * (step + 1) / warm
