@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .presets import CONFIG_DIR, PRESETS, TINY_SEED, WORLD_DIR
 
 log = logging.getLogger(__name__)
+PROMPTMINE_KEY = "promptmine"  # save_clip's own entries in open_clip_config.json (open_clip ignores them)
 
 def _register_configs() -> None:
     import open_clip
@@ -44,6 +45,7 @@ class ClipModel:
     tokenizer: object  # open_clip SimpleTokenizer
     name: str  # "preset" or "model/pretrained", for reports
     device: torch.device
+    tied_word: str | None = None  # the word whose embedding tokens the model never trained share (world CLIPs)
 
     @property
     def token_embedding(self) -> torch.Tensor:  # (v, d)
@@ -254,21 +256,28 @@ def load_clip(
     _check_supported(model, label)
     tokenizer = open_clip.get_tokenizer(model_name if not model_name.startswith("local-dir:") else "ViT-B-32")
     log.info("loaded CLIP %s on %s", label, device)
-    return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, name=label, device=device)
+    tied_word = None
+    if model_name.startswith("local-dir:"):  # what save_clip wrote beside open_clip's keys
+        config = json.loads((Path(model_name.removeprefix("local-dir:")) / "open_clip_config.json").read_text())
+        tied_word = config.get(PROMPTMINE_KEY, {}).get("tied_word")
+    return ClipModel(model=model, preprocess=preprocess, tokenizer=tokenizer, name=label, device=device,
+                     tied_word=tied_word)
 
 
 def save_clip(clip: ClipModel, folder: str | os.PathLike, model_name: str, dtype: torch.dtype | None = None) -> Path:
     """Write ``open_clip_config.json`` and weights so that ``load_clip(folder)`` loads them back.
 
     ``dtype`` (e.g. torch.float16) stores floating-point weights in that type (half the size); loading
-    casts them back to the model's precision."""
+    casts them back to the model's precision. ``clip.tied_word`` is kept beside open_clip's keys."""
     import open_clip
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = open_clip.get_model_config(model_name)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {}}))
+    cfg = {"model_cfg": open_clip.get_model_config(model_name), "preprocess_cfg": {}}
+    if clip.tied_word is not None:
+        cfg[PROMPTMINE_KEY] = {"tied_word": clip.tied_word}
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
              for k, v in clip.model.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"))

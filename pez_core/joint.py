@@ -46,6 +46,8 @@ class JointClip:
         self.device = first.device
         self.tokenizer = first.tokenizer
         self.part_widths = tuple(p.token_embedding.shape[1] for p in parts)  # (d_1, ..., d_m)
+        words = {getattr(p, "tied_word", None) for p in parts}
+        self.tied_word = words.pop() if len(words) == 1 else None  # a token tied in every part stands for its ties
         self.embed_widths = tuple(_embed_width(p) for p in parts)  # (e_1, ..., e_m)
         self._table = torch.cat([p.token_embedding.detach().float() for p in parts], dim=1)  # (v, sum d)
 

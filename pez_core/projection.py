@@ -168,10 +168,14 @@ class Vocabulary:
         self.table = table  # (c, d) raw rows, what the text encoder sees
         self.widths = getattr(clip, "part_widths", None)  # several text encoders side by side (joint.py)
         self.table_n = normalize_parts(table, self.widths)  # (c, d)
-        if projection == "fast":
-            self.table_low = self.table_n.to(torch.bfloat16)
-        elif projection != "exact":
+        if projection not in ("exact", "fast"):
             raise ValueError(f"projection must be 'exact' or 'fast', got {projection!r}")
+        # (u,) the candidate index standing for each distinct row, and those rows normalised: what project searches
+        self.stands_for = _distinct_rows(table, self.ids, tok, getattr(clip, "tied_word", None))
+        tied = len(self.stands_for) < len(ids)
+        self.distinct_n = self.table_n[self.stands_for] if tied else self.table_n  # (u, d)
+        self.table_low = self.table_n.to(torch.bfloat16) if projection == "fast" else None
+        self.distinct_low = self.distinct_n.to(torch.bfloat16) if projection == "fast" and tied else self.table_low
 
     @classmethod
     def from_config(cls, clip, cfg) -> Vocabulary:
@@ -187,32 +191,44 @@ class Vocabulary:
         """Nearest candidate ids (b, n) by cosine for continuous prompts (b, n, d); for several encoders
         side by side (``clip.part_widths``), by the sum of their cosines.
 
-        ``fast`` ranks all candidates in bfloat16 and re-ranks the best ``rerank`` exactly in fp32,
-        which returns the exact argmax unless bf16 rounding pushes it out of the top ``rerank``.
+        The search runs over the *distinct* rows of the candidate table (:func:`_distinct_rows`): tokens
+        with one embedding are one candidate, returned as the id that stands for them. ``fast`` ranks the
+        rows in bfloat16 and re-ranks the best ``rerank`` exactly in fp32, which returns the exact argmax
+        unless bf16 rounding pushes it out of the top ``rerank``.
         With ``neighbours`` k > 0, returns ``(ids, near)``: ``near`` (b * n, k) are the candidate indices of
-        each position's k nearest by the same ranking, its own token among them (for :meth:`straight_through`).
+        each position's k nearest tokens by the same ranking over every candidate (tied ones included),
+        its own token among them (for :meth:`straight_through`).
         """
         b, n, d = prompt.shape
         q = prompt.reshape(b * n, d).float()
         if self.widths:  # each part's cosine counts once, whatever the norms of the two halves
             q = normalize_parts(q, self.widths)
+        if not neighbours:
+            return self.ids[self.stands_for[self._nearest(q, self.distinct_n, self.distinct_low)]].reshape(b, n)
         k = min(max(self.rerank, neighbours), len(self))
         if self.projection == "exact":
             scores = q @ self.table_n.T
             local = scores.argmax(dim=-1)
-            top = scores.topk(k, dim=-1).indices if neighbours else None
+            top = scores.topk(k, dim=-1).indices
         else:
             top = (q.to(torch.bfloat16) @ self.table_low.T).topk(k, dim=-1).indices  # (bn, k), best first
             first = top[:, : min(self.rerank, len(self))]
             exact = torch.einsum("qd,qkd->qk", q, self.table_n[first])
             local = first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
         ids = self.ids[local].reshape(b, n)
-        if not neighbours:
-            return ids
         near = top[:, : min(neighbours, len(self))].clone()
         missing = ~(near == local[:, None]).any(dim=-1)  # bf16 ties or tied rows can crowd it out
         near[missing, -1] = local[missing]
         return ids, near
+
+    def _nearest(self, q: torch.Tensor, rows_n: torch.Tensor, low: torch.Tensor | None) -> torch.Tensor:
+        """Index (bn,) of the row of ``rows_n`` (r, d) nearest each query of ``q`` (bn, d): exact fp32
+        scores, or with ``low`` (the rows in bfloat16) the fp32 best of the ``rerank`` best in bf16."""
+        if low is None:
+            return (q @ rows_n.T).argmax(dim=-1)
+        first = (q.to(torch.bfloat16) @ low.T).topk(min(self.rerank, rows_n.shape[0]), dim=-1).indices
+        exact = torch.einsum("qd,qkd->qk", q, rows_n[first])
+        return first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
 
     def straight_through(self, prompt: torch.Tensor, ids: torch.Tensor,
                          near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,6 +249,25 @@ class Vocabulary:
         """n random candidate ids (the initial prompt), drawn with ``generator`` on the CPU."""
         pick = torch.randint(len(self), (n,), generator=generator)
         return self.ids.cpu()[pick].to(self.ids.device)
+
+
+def _distinct_rows(table: torch.Tensor, ids: torch.Tensor, tokenizer, tied_word: str | None) -> torch.Tensor:
+    """For each distinct row of the candidate ``table`` (c, d), the candidate index that stands for every
+    token sharing it (u,), in increasing order: the token of ``tied_word`` where it is one of them (a world
+    CLIP ties every token it never trained to the word "unknown"), else the lowest id. Tied tokens read the same to
+    the text encoder, so searching the u distinct rows is exact; a CLIP with no tied rows keeps c = u rows."""
+    rows, inverse = torch.unique(table, dim=0, return_inverse=True)
+    if rows.shape[0] == table.shape[0]:
+        return torch.arange(table.shape[0], device=table.device)
+    index = torch.arange(table.shape[0], device=table.device)
+    stands_for = torch.full((rows.shape[0],), table.shape[0], device=table.device).scatter_reduce(
+        0, inverse, index, reduce="amin")  # ids are sorted, so the lowest index is the lowest id
+    if tied_word is not None:
+        word = tokenizer.encode(tied_word)
+        hit = (ids == word[0]).nonzero() if len(word) == 1 else ids[:0]
+        if hit.numel():
+            stands_for[inverse[hit[0, 0]]] = hit[0, 0]
+    return stands_for.sort().values  # the candidates' order: a tie between distinct rows breaks as before
 
 
 def nearest_ids_bruteforce(prompt: torch.Tensor, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

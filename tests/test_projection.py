@@ -25,6 +25,41 @@ def test_projection_equals_bruteforce_nearest_neighbour(tiny_clip, mode):
         assert torch.equal(vocab.project(q), want)
 
 
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_tied_rows_are_searched_once_and_the_tied_word_stands_for_them(tiny_clip_dir, tmp_path, mode):
+    """A world CLIP ties every token it never trained to one row ("unknown"): the projection searches each
+    distinct row once, returns the rows brute force finds, and names a tied row by the tied word (saved
+    with the CLIP), or else by its lowest id. Fails if tied tokens stay separate candidates (the count),
+    if the representative is any other member, or if the tied word is lost on the way through disk."""
+    from pez_core import load_clip, save_clip
+    from pez_core.presets import TINY_MODEL
+
+    clip = load_clip(str(tiny_clip_dir), device="cpu")  # a private copy: its rows are edited below
+    tok = clip.tokenizer
+    known = [tok.encode(w)[0] for w in ("sunset", "forest", "red", "circle", "dog")]
+    [unknown] = tok.encode("unknown")
+    emb = clip.model.token_embedding.weight
+    others = torch.ones(emb.shape[0], dtype=torch.bool)
+    others[known] = False
+    emb[others] = emb[unknown].clone()  # the special tokens too: never candidates anyway
+    clip.tied_word = "unknown"
+    clip = load_clip(str(save_clip(clip, tmp_path / "tied", TINY_MODEL)), device="cpu")
+    assert clip.tied_word == "unknown"
+
+    vocab = Vocabulary(clip, projection=mode)
+    assert len(vocab.stands_for) == len(known) + 1
+    q = torch.cat([_queries(clip, seed) for seed in range(3)])
+    got = vocab.project(q)
+    want = nearest_ids_bruteforce(q, clip.token_embedding[vocab.ids], vocab.ids)
+    assert torch.equal(clip.token_embedding[got], clip.token_embedding[want])
+    assert set(got.unique().tolist()) <= set(known) | {unknown}
+    assert (got == unknown).any() and set(known) & set(got.unique().tolist())
+
+    clip.tied_word = None
+    lowest = min(i for i in vocab.ids.tolist() if i not in known)
+    assert (Vocabulary(clip, projection=mode).project(q) == torch.where(got == unknown, lowest, got)).all()
+
+
 def test_special_tokens_are_never_candidates(tiny_clip):
     for safe in (True, False):
         ids = set(Vocabulary(tiny_clip, safe=safe).ids.tolist())

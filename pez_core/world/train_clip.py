@@ -390,7 +390,8 @@ def as_clip(model: nn.Module, cfg: WorldTrainConfig):
     clip = getattr(getattr(model, "module", model), "clip", model)
     tie_unknown_rows(clip)
     preprocess = open_clip.image_transform(image_size(cfg), is_train=False)
-    return ClipModel(model=clip, preprocess=preprocess, tokenizer=_text().tok, name=cfg.model, device=torch.device("cpu"))
+    return ClipModel(model=clip, preprocess=preprocess, tokenizer=_text().tok, name=cfg.model, device=torch.device("cpu"),
+                     tied_word=UNKNOWN_WORD)
 
 
 def save_world_clip(model: nn.Module, folder: str | Path, cfg: WorldTrainConfig, state: TrainState | None = None,
