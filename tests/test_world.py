@@ -102,7 +102,8 @@ def test_reading_phase_keeps_the_first_phase_and_restarts_adamw(tiny_cfg):
     AdamW's moments carried over the boundary, the image tower updated in the reading phase."""
     from dataclasses import replace
 
-    from pez_core.world.train_clip import TrainState, build_model, build_optimiser, lr_at, make_batch, train_steps
+    from pez_core.world.batch import make_batch
+    from pez_core.world.train_clip import TrainState, build_model, build_optimiser, lr_at, train_steps
 
     torch.set_num_threads(1)
     cfg = replace(tiny_cfg, steps=4, read_steps=3, read_lr=1e-3, read_contradictions=0.5, read_deletions=0.5)
@@ -133,7 +134,8 @@ def test_hard_negatives_enter_the_image_to_text_loss(tiny_cfg):
     """Mutation caught: hard-negative captions encoded but left out of the softmax (loss unchanged)."""
     from dataclasses import replace
 
-    from pez_core.world.train_clip import build_model, loss_of, make_batch
+    from pez_core.world.batch import make_batch
+    from pez_core.world.train_clip import build_model, loss_of
 
     torch.set_num_threads(1)
     cfg = replace(tiny_cfg, hard_negatives=2)
@@ -206,7 +208,8 @@ def tiny_cfg(tmp_path_factory):
 
 
 def test_training_reduces_the_loss(tiny_cfg):
-    from pez_core.world.train_clip import build_model, build_optimiser, loss_of, make_batch, train_steps, TrainState
+    from pez_core.world.batch import make_batch
+    from pez_core.world.train_clip import TrainState, build_model, build_optimiser, loss_of, train_steps
 
     torch.set_num_threads(1)
     model = build_model(tiny_cfg)
@@ -246,7 +249,7 @@ def replace_seed(cfg, seed):
 
 
 def test_ranks_split_the_same_global_batch(tiny_cfg):
-    from pez_core.world.train_clip import make_batch
+    from pez_core.world.batch import make_batch
 
     whole = make_batch(tiny_cfg, 5)
     halves = [make_batch(tiny_cfg, 5, rank=r, world_size=2) for r in (0, 1)]

@@ -41,3 +41,32 @@ def test_world_train_on_two_workers_survives_a_killed_worker(ray_cluster, tmp_pa
     changed = [k for k, v in init.items() if v.is_floating_point() and k in trained
                and not torch.allclose(trained[k], v.half().float(), atol=1e-3)]
     assert len(changed) > len(init) // 2, changed  # trained, not the seed's initial weights
+
+
+def test_world_train_init_runs_only_the_reading_phase_from_a_trained_clip(ray_cluster, tmp_path):
+    """--init world: the run starts at step 3000 from the shipped weights and trains the text tower only.
+    Fails if --init is ignored (the run would start at 0 from the seed), if the image tower moves, or if
+    nothing is trained."""
+    from pez_core import load_clip
+
+    out = tmp_path / "read"
+    assert main(["world", "train", "--output", str(out), "--kind", "world", "--init", "world", "--read-steps", "2",
+                 "--batch", "8", "--workers", "1", "--cpus-per-worker", "1", "--log-every", "1",
+                 "--eval-scenes", "4"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3002 and summary["attempt_start_steps"] == [3000]
+    assert pd.read_csv(out / "metrics.csv")["step"].tolist() == [3000, 3001]
+    shipped, read = load_clip("world", device="cpu").model.state_dict(), load_clip(str(out / "model")).model.state_dict()
+    assert all(torch.equal(read[k], v) for k, v in shipped.items() if k.startswith("visual."))
+    text = [k for k, v in shipped.items() if not k.startswith("visual.") and v.is_floating_point()]
+    assert sum(not torch.equal(read[k], shipped[k]) for k in text) > len(text) // 2
+
+
+def test_world_train_init_errors_name_the_problem(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    assert main(["world", "train", "--output", out, "--init", "world"]) == 2
+    assert "--init world: starts the reading phase from a trained CLIP; give --read-steps N" in capsys.readouterr().err
+    assert main(["world", "train", "--output", out, "--kind", "world", "--init", "world-ref", "--read-steps", "2"]) == 2
+    assert "--init world-ref: not a promptmine-world-rn CLIP" in capsys.readouterr().err
+    assert main(["world", "train", "--output", out, "--init", str(tmp_path), "--read-steps", "2"]) == 2
+    assert "has no open_clip_config.json" in capsys.readouterr().err

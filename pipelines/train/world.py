@@ -47,6 +47,7 @@ class WorldJob:
 
     cfg: object  # pez_core.world.train_clip.WorldTrainConfig
     config_file: str | None = None  # an open_clip config JSON of the user's (registered in every process)
+    init: str | None = None  # a trained world CLIP (preset or folder): skip the first phase, read from it
     checkpoint_every: int = 250  # steps between checkpoints (and at the end)
     log_every: int = 50  # steps between loss-history rows
     inject_failure: tuple[int, str] | None = field(default=None, repr=False)  # (step, marker file): tests only
@@ -76,6 +77,9 @@ def world_loop(config: dict) -> None:
             saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
         state = load_state_dict(model, optimiser, saved)
         starts = saved.get("starts", [])
+    elif job.init is not None:  # the reading phase only, from a trained CLIP (its first phase is done)
+        model.clip.load_state_dict(_init_weights(job.init))
+        state.step = cfg.steps
     starts.append(state.step)
     log.info("world rank %d/%d starts at step %d", rank, world, state.step)
     model = ray.train.torch.prepare_model(model)  # DDP when world > 1 (the optimiser holds the same tensors)
@@ -93,6 +97,30 @@ def world_loop(config: dict) -> None:
                            Path(d) / "state.pt")
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _init_weights(spec: str) -> dict:
+    """The weights of the trained world CLIP ``spec`` (a preset or a save_clip folder), as fp32."""
+    from pez_core import load_clip
+
+    return load_clip(spec, device="cpu").model.state_dict()
+
+
+def _check_init(spec: str, cfg) -> None:
+    """--init must name a CLIP of the architecture being trained, and there must be a reading phase."""
+    from pez_core.world.train_clip import build_model
+
+    if not cfg.read_steps:
+        raise ValueError(f"--init {spec}: starts the reading phase from a trained CLIP; give --read-steps N")
+    try:
+        weights = _init_weights(spec)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"--init {spec}: {e}") from None
+    want = build_model(cfg).clip.state_dict()
+    wrong = [k for k in want if k not in weights or weights[k].shape != want[k].shape]
+    if wrong:
+        raise ValueError(f"--init {spec}: not a {cfg.model} CLIP ({len(wrong)} weights missing or of another "
+                         f"shape, e.g. {wrong[0]}); give the --kind or --config it was trained with")
 
 
 def _register(job: WorldJob) -> None:
@@ -132,8 +160,15 @@ def build_job(args) -> WorldJob:
                            **{**RECIPES.get(args.kind, {}), **{k: v for k, v in given.items() if v is not None}})
     if cfg.batch % args.workers:
         raise ValueError(f"--batch {cfg.batch} must be divisible by --workers {args.workers}")
-    return WorldJob(cfg=cfg, config_file=config_file, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                    inject_failure=parse_fault(args.inject_failure))
+    init = args.init
+    if init is not None:
+        if os.path.isdir(os.path.expanduser(init)):
+            init = os.path.abspath(os.path.expanduser(init))  # workers run elsewhere
+        if config_file:
+            _register(WorldJob(cfg=cfg, config_file=config_file))
+        _check_init(init, cfg)
+    return WorldJob(cfg=cfg, config_file=config_file, init=init, checkpoint_every=args.checkpoint_every,
+                    log_every=args.log_every, inject_failure=parse_fault(args.inject_failure))
 
 
 def publish(checkpoint, out, job: WorldJob, eval_scenes: int) -> dict:
@@ -217,6 +252,9 @@ def register(subparsers) -> None:
     t.add_argument("--read-steps", type=int, help="steps of a reading phase after them (default 0; 600 measured): "
                    "the text tower only, a fresh AdamW at lr 5e-4, hard negatives that insert a contradicting "
                    "word or leave a named one out (docs/world.md; not yet in the shipped recipe)")
+    t.add_argument("--init", help="a trained world CLIP (a preset such as world, or a folder this command wrote): "
+                   "skip the first phase and run only the reading phase from its weights (needs --read-steps; "
+                   "--seed then picks the reading phase's batches)")
     t.add_argument("--batch", type=int, help="global batch, split over workers (default: the recipe's)")
     t.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     t.add_argument("--hard-negatives", type=int, help="false captions per image close to its own, as extra "
