@@ -212,9 +212,7 @@ class Vocabulary:
             top = scores.topk(k, dim=-1).indices
         else:
             top = (q.to(torch.bfloat16) @ self.table_low.T).topk(k, dim=-1).indices  # (bn, k), best first
-            first = top[:, : min(self.rerank, len(self))]
-            exact = torch.einsum("qd,qkd->qk", q, self.table_n[first])
-            local = first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+            local = _rerank(q, self.table_n, top[:, : min(self.rerank, len(self))])
         ids = self.ids[local].reshape(b, n)
         near = top[:, : min(neighbours, len(self))].clone()
         missing = ~(near == local[:, None]).any(dim=-1)  # bf16 ties or tied rows can crowd it out
@@ -227,8 +225,7 @@ class Vocabulary:
         if low is None:
             return (q @ rows_n.T).argmax(dim=-1)
         first = (q.to(torch.bfloat16) @ low.T).topk(min(self.rerank, rows_n.shape[0]), dim=-1).indices
-        exact = torch.einsum("qd,qkd->qk", q, rows_n[first])
-        return first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+        return _rerank(q, rows_n, first)
 
     def straight_through(self, prompt: torch.Tensor, ids: torch.Tensor,
                          near: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,11 +248,18 @@ class Vocabulary:
         return self.ids.cpu()[pick].to(self.ids.device)
 
 
+def _rerank(q: torch.Tensor, rows_n: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """Of each query's candidate rows ``first`` (bn, k), the index of the one nearest in fp32."""
+    exact = torch.einsum("qd,qkd->qk", q, rows_n[first])
+    return first.gather(1, exact.argmax(dim=-1, keepdim=True)).squeeze(1)
+
+
 def _distinct_rows(table: torch.Tensor, ids: torch.Tensor, tokenizer, tied_word: str | None) -> torch.Tensor:
     """For each distinct row of the candidate ``table`` (c, d), the candidate index that stands for every
-    token sharing it (u,), in increasing order: the token of ``tied_word`` where it is one of them (a world
-    CLIP ties every token it never trained to the word "unknown"), else the lowest id. Tied tokens read the same to
-    the text encoder, so searching the u distinct rows is exact; a CLIP with no tied rows keeps c = u rows."""
+    token sharing it (u,), in increasing order: the token of ``tied_word`` where it is one of them (a
+    world CLIP ties every token it never trained to the word "unknown"), else the lowest id. Tied tokens
+    read the same to the text encoder, so searching the u distinct rows is exact; a CLIP with no tied rows
+    keeps c = u rows."""
     rows, inverse = torch.unique(table, dim=0, return_inverse=True)
     if rows.shape[0] == table.shape[0]:
         return torch.arange(table.shape[0], device=table.device)
