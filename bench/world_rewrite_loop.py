@@ -34,7 +34,7 @@ SCORERS = ["--generator", "world", "--pickscore", "world-ref", "--aesthetic-weig
            "--aesthetic-clip", "world"]
 SCALES = {  # the documented run, and a toy one that only checks the plumbing
     "full": dict(count=10000, holdout=32, sft_epochs=15, reward_epochs=12, ppo_steps=1280, rollouts=64, minibatch=16,
-                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15, fail_count=7200, kl_horizon=2000),
+                 eval_seeds=8, expansions_pct=100, fresh=128, bad_pct=15, fail_count=7200, kl_horizon=500),
     "toy": dict(count=120, holdout=8, sft_epochs=1, reward_epochs=1, ppo_steps=8, rollouts=8, minibatch=4,
                 eval_seeds=2, expansions_pct=100, fresh=8, bad_pct=15, fail_count=40, kl_horizon=2000),
 }
