@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .captions import caption
-from .grammar import COLOURS, FILLS, POSITIONS, SATURATION, SHAPES, SHARPNESS, SIZES, WORDS, sample_scene
+from .grammar import (COLOURS, FILLS, OBJECT_ATTRIBUTES, POSITIONS, SATURATION, SCENE_ATTRIBUTES, SHAPES, SHARPNESS,
+                      SIZES, WORDS, sample_scene)
 from .negatives import hard_negative_captions
 from .parse import parse
 from .render import render_scene
@@ -27,9 +28,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 HEADS = {"layout": len(POSITIONS) + 2, "background": len(COLOURS), "fill": len(FILLS), "sharpness": len(SHARPNESS),
          "saturation": len(SATURATION), "shape1": len(SHAPES), "colour1": len(COLOURS), "size1": len(SIZES),
          "shape2": len(SHAPES), "colour2": len(COLOURS), "size2": len(SIZES)}
-_INDEX = {"position": list(POSITIONS), "background": list(COLOURS), "fill": list(FILLS),
-          "sharpness": list(SHARPNESS), "saturation": list(SATURATION), "shape": list(SHAPES),
-          "colour": list(COLOURS), "size": list(SIZES)}
+_INDEX = {k: list(t) for k, t in {"position": POSITIONS, **SCENE_ATTRIBUTES, **OBJECT_ATTRIBUTES}.items()}
 IGNORE = -100
 
 

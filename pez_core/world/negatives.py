@@ -6,7 +6,7 @@ import random
 from dataclasses import replace
 
 from .captions import caption
-from .grammar import COLOURS, FILLS, POSITIONS, RELATIONS, SATURATION, SHAPES, SHARPNESS, SIZES
+from .grammar import COLOURS, OBJECT_ATTRIBUTES, POSITIONS, RELATIONS, SCENE_ATTRIBUTES, SHAPES
 from .parse import parse
 from .zeroshot import alternatives
 
@@ -71,8 +71,10 @@ def _swapped(scene):
     return replace(scene, background=a.colour, objects=(replace(a, colour=scene.background),))
 
 
-_READ_TABLES = {"colour": COLOURS, "size": SIZES, "fill": FILLS, "sharpness": SHARPNESS, "saturation": SATURATION,
-                "position": POSITIONS}
+# what a contradiction may insert a word of: every attribute but the shape and the background (inserted as
+# "X background" and "a" + shape, below); in this order (colour, size, fill, sharpness, saturation, position)
+_READ_TABLES = {k: t for k, t in {**OBJECT_ATTRIBUTES, **SCENE_ATTRIBUTES, "position": POSITIONS}.items()
+                if k not in ("shape", "background")}
 _READ_WORDS = frozenset(w for table in _READ_TABLES.values() for ws in table.values() for w in ws)
 
 

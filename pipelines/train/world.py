@@ -64,7 +64,7 @@ def world_loop(config: dict) -> None:
 
     job: WorldJob = config["job"]
     cfg = job.cfg
-    _register(job)
+    _register(job.config_file)
     torch.set_num_threads(cfg.threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -123,11 +123,12 @@ def _check_init(spec: str, cfg) -> None:
                          f"shape, e.g. {wrong[0]}); give the --kind or --config it was trained with")
 
 
-def _register(job: WorldJob) -> None:
-    if job.config_file:
+def _register(config_file: str | None) -> None:
+    """Register the user's open_clip config JSON (--config FILE) in this process."""
+    if config_file:
         import open_clip
 
-        open_clip.add_model_config(job.config_file)
+        open_clip.add_model_config(config_file)
 
 
 def _maybe_fail(job: WorldJob, start: int, end: int, rank: int, world: int) -> None:
@@ -164,8 +165,7 @@ def build_job(args) -> WorldJob:
     if init is not None:
         if os.path.isdir(os.path.expanduser(init)):
             init = os.path.abspath(os.path.expanduser(init))  # workers run elsewhere
-        if config_file:
-            _register(WorldJob(cfg=cfg, config_file=config_file))
+        _register(config_file)
         _check_init(init, cfg)
     return WorldJob(cfg=cfg, config_file=config_file, init=init, checkpoint_every=args.checkpoint_every,
                     log_every=args.log_every, inject_failure=parse_fault(args.inject_failure))
@@ -182,7 +182,7 @@ def publish(checkpoint, out, job: WorldJob, eval_scenes: int) -> dict:
     from pipelines.train.plot import line_plot_png
 
     cfg = job.cfg
-    _register(job)
+    _register(job.config_file)
     with checkpoint.as_directory() as d:
         saved = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=False)
     model = build_model(cfg)
